@@ -1,0 +1,75 @@
+"""astro-ptq: weight-only post-training quantization of linear layers.
+
+    import astro
+    q = astro.quantize_layer(W, X, bits=4, group_size=128)   # Astro + GPTQ
+    W_hat = q.dequantize()
+    tensors = q.pack()                                        # GPTQ checkpoint tensors
+
+The numerical work runs in a C core over OpenBLAS; see astro.quantize_layer.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+
+
+def _preload_openblas() -> None:
+    """Load the scipy-openblas32 library globally before the C extension.
+
+    The extension links against libscipy_openblas.so; loading it here from the
+    installed wheel lets the dynamic loader resolve it in editable and
+    relocated installs alike.
+    """
+    try:
+        import scipy_openblas32
+    except ImportError:  # built against a system OpenBLAS
+        return
+    path = os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True))
+    ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+
+
+_preload_openblas()
+
+from . import _core  # noqa: E402
+from ._core import NumericalError  # noqa: E402
+from .hessian import Hessian  # noqa: E402
+from .layer import QuantizedLayer, quantize_layer, unpack_gptq  # noqa: E402
+
+logging.getLogger("astro").addHandler(logging.NullHandler())
+
+__version__ = "0.1.0"
+
+
+def set_num_threads(num_threads: int) -> None:
+    """Set the threads used by OpenBLAS and by the core's own loops."""
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int):
+        raise TypeError(f"num_threads must be an int, got {type(num_threads).__name__}")
+    _core.set_num_threads(num_threads)
+
+
+def get_num_threads() -> int:
+    """Return the thread count the core uses."""
+    return _core.get_num_threads()
+
+
+def __getattr__(name: str):
+    # The Astro solver and the model pipeline load on first use, so that
+    # `import astro` stays light and needs no torch.
+    if name == "regularize":
+        from .regularize import regularize
+
+        return regularize
+    raise AttributeError(f"module 'astro' has no attribute {name!r}")
+
+
+__all__ = [
+    "Hessian",
+    "NumericalError",
+    "QuantizedLayer",
+    "get_num_threads",
+    "quantize_layer",
+    "regularize",
+    "set_num_threads",
+    "unpack_gptq",
+]
