@@ -25,7 +25,9 @@
  *           [i, i + group_size) as they stood when block b0 began, as the
  *           reference implementation does;
  *        b. q = quant(w_i); err = (w_i - q) / U_ii; loss += (w_i - q)^2 / U_ii^2 / 2;
- *        c. Wt[j] -= U_ij err for j in (i, b1): one rank-1 update (sger).
+ *        c. Wt[j] -= U_ij err for j in (i, b1): rank-1 updates inside a
+ *           panel of GPTQ_PANEL columns, then one sgemm per panel for the
+ *           rest of the block.
  *      After the block, Wt[b1:] -= U[b0:b1, b1:]^T Err: one sgemm.
  *   7. Undo the permutation while writing codes and dequantized weights.
  */
@@ -255,6 +257,33 @@ static astro_status dynamic_group_params(const astro_quant_params *quant,
                                    work->scale, work->zero);
 }
 
+/* Step 6b for column i: quantizes Wt[i] in place and stores the scaled
+ * error in err. Returns the column's share of the loss. */
+static double quantize_column(const astro_quant_params *quant, gptq_work *work,
+                              int64_t i, int64_t out, float d,
+                              const float *scale, const float *zero, float *err)
+{
+    float *wi = work->wt + i * out;
+    double column_loss = 0.0;
+
+    /* Keep w in err while q overwrites w. */
+    memcpy(err, wi, (size_t)out * sizeof(float));
+    astro_quant_line(quant->bits, err, scale, zero, out,
+                     work->codes_t + i * out, wi);
+    for (int64_t r = 0; r < out; r++) {
+        const float e = (err[r] - wi[r]) / d;
+        err[r] = e;
+        column_loss += (double)e * (double)e;
+    }
+    return column_loss / 2.0;
+}
+
+/* Columns per inner panel of step 6c: the rank-1 updates stay inside a panel
+ * of this many rows of Wt, and one sgemm carries each panel's errors to the
+ * rest of the block. Per-column BLAS-2 calls would spend their time waking
+ * OpenBLAS threads rather than computing. */
+#define GPTQ_PANEL 16
+
 /* Step 6 for one block [b0, b1). Adds to *loss. */
 static astro_status sweep_block(const astro_gptq_params *params,
                                 gptq_work *work, int64_t out, int64_t in,
@@ -269,45 +298,50 @@ static astro_status sweep_block(const astro_gptq_params *params,
     memcpy(work->snapshot, work->wt + b0 * out,
            (size_t)((b1 - b0) * out) * sizeof(float));
 
-    for (int64_t i = b0; i < b1; i++) {
-        float *wi = work->wt + i * out;
-        float *err = work->err + (i - b0) * out;
-        const float *scale = work->scale, *zero = work->zero;
+    for (int64_t p0 = b0; p0 < b1; p0 += GPTQ_PANEL) {
+        const int64_t p1 = p0 + GPTQ_PANEL < b1 ? p0 + GPTQ_PANEL : b1;
 
-        /* 6a: this column's quantizer parameters. */
-        if (gs > 0 && params->static_groups) {
-            const int64_t g = work->perm[i] / gs;
-            scale = work->static_scale + g * out;
-            zero = work->static_zero + g * out;
-        } else if (gs > 0 && i % gs == 0) {
-            status = dynamic_group_params(quant, work, i, b0, b1, out, in);
-            if (status != ASTRO_STATUS_OK)
-                return status;
-            const int64_t g = i / gs;
-            for (int64_t r = 0; r < out; r++) {
-                scales[r * groups + g] = work->scale[r];
-                zeros[r * groups + g] = work->zero[r];
+        for (int64_t i = p0; i < p1; i++) {
+            float *err = work->err + (i - b0) * out;
+            const float *scale = work->scale, *zero = work->zero;
+
+            /* 6a: this column's quantizer parameters. */
+            if (gs > 0 && params->static_groups) {
+                const int64_t g = work->perm[i] / gs;
+                scale = work->static_scale + g * out;
+                zero = work->static_zero + g * out;
+            } else if (gs > 0 && i % gs == 0) {
+                status = dynamic_group_params(quant, work, i, b0, b1, out, in);
+                if (status != ASTRO_STATUS_OK)
+                    return status;
+                const int64_t g = i / gs;
+                for (int64_t r = 0; r < out; r++) {
+                    scales[r * groups + g] = work->scale[r];
+                    zeros[r * groups + g] = work->zero[r];
+                }
+            }
+
+            /* 6b. */
+            *loss += quantize_column(quant, work, i, out, u[i * in + i], scale,
+                                     zero, err);
+
+            /* 6c inside the panel: Wt[j] -= U_ij err, a vectorized axpy. */
+            for (int64_t j = i + 1; j < p1; j++) {
+                const float uij = u[i * in + j];
+                float *wj = work->wt + j * out;
+                for (int64_t r = 0; r < out; r++)
+                    wj[r] -= uij * err[r];
             }
         }
 
-        /* 6b: quantize; keep w in err while q overwrites w. */
-        const float d = u[i * in + i];
-        memcpy(err, wi, (size_t)out * sizeof(float));
-        astro_quant_line(quant->bits, err, scale, zero, out,
-                         work->codes_t + i * out, wi);
-        double column_loss = 0.0;
-        for (int64_t r = 0; r < out; r++) {
-            const float e = (err[r] - wi[r]) / d;
-            err[r] = e;
-            column_loss += (double)e * (double)e;
-        }
-        *loss += column_loss / 2.0;
-
-        /* 6c: spread the error over the rest of the block. */
-        if (i + 1 < b1)
-            astro_sger(ASTRO_CBLAS_ROW_MAJOR, (astro_blas_int)(b1 - i - 1),
-                       (astro_blas_int)out, -1.0f, u + i * in + i + 1, 1, err,
-                       1, work->wt + (i + 1) * out, (astro_blas_int)out);
+        /* 6c for the rest of the block: Wt[p1:b1] -= U[p0:p1, p1:b1]^T Err. */
+        if (p1 < b1)
+            astro_sgemm(ASTRO_CBLAS_ROW_MAJOR, ASTRO_CBLAS_TRANS,
+                        ASTRO_CBLAS_NO_TRANS, (astro_blas_int)(b1 - p1),
+                        (astro_blas_int)out, (astro_blas_int)(p1 - p0), -1.0f,
+                        u + p0 * in + p1, (astro_blas_int)in,
+                        work->err + (p0 - b0) * out, (astro_blas_int)out, 1.0f,
+                        work->wt + p1 * out, (astro_blas_int)out);
     }
 
     /* Lazy update of every later column with the block's errors. */
