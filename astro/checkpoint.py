@@ -59,7 +59,7 @@ class QuantLinear(_torch_module_base()):
         group = in_features if group_size == -1 else group_size
         num_groups = -(-in_features // group)
         zeros_words = -(-out_features * bits // 32)
-        self.register_buffer("qweight", torch.zeros(in_features * bits // 32, out_features, dtype=torch.int32))
+        self.register_buffer("qweight", torch.zeros(-(-in_features * bits // 32), out_features, dtype=torch.int32))
         self.register_buffer("qzeros", torch.zeros(num_groups, zeros_words, dtype=torch.int32))
         self.register_buffer("scales", torch.zeros(num_groups, out_features, dtype=torch.float16))
         self.register_buffer("g_idx", torch.zeros(in_features, dtype=torch.int32))

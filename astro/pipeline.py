@@ -139,19 +139,30 @@ def _run_block(block, hidden, kwargs):
     return output[0] if isinstance(output, tuple) else output
 
 
-def _collect_hessian(block, module, states, masks):
-    """Build the Hessian of ``module``'s input over all batches, stopping each pass there."""
+def _collect_hessians(block, modules, states, masks):
+    """Build one Hessian per module input over all batches.
+
+    ``modules`` are listed in execution order; each pass through the block
+    stops at the last one, so later sub-layers are not run.
+    """
     import astro
     import torch
 
-    hessian = astro.Hessian(module.in_features)
+    hessians = [astro.Hessian(m.in_features) for m in modules]
     current_mask = [None]
 
-    def hook(mod, args):
-        hessian.update(args[0].detach().float(), mask=current_mask[0])
-        raise _StopForward
+    def make_hook(hessian, is_last):
+        def hook(mod, args):
+            hessian.update(args[0].detach().float(), mask=current_mask[0])
+            if is_last:
+                raise _StopForward
 
-    handle = module.register_forward_pre_hook(hook)
+        return hook
+
+    handles = [
+        m.register_forward_pre_hook(make_hook(h, i == len(modules) - 1))
+        for i, (m, h) in enumerate(zip(modules, hessians))
+    ]
     try:
         with torch.no_grad():
             for (hidden, kwargs), mask in zip(states, masks):
@@ -161,8 +172,20 @@ def _collect_hessian(block, module, states, masks):
                 except _StopForward:
                     pass
     finally:
-        handle.remove()
-    return hessian
+        for handle in handles:
+            handle.remove()
+    return hessians
+
+
+def _quantize_linear(module, hessian, options):
+    """Quantize one torch Linear and replace its weight by the dequantized weight."""
+    import astro
+    import torch
+
+    quantized = astro.quantize_layer(module.weight.detach().float(), hessian, **options)
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(quantized.dequantize()).to(module.weight.dtype))
+    return quantized
 
 
 def _layer_options(bits, group_size, method, sym, act_order, static_groups, damp, mse, extra):
@@ -202,7 +225,6 @@ def quantize_model(
     when given, so its defaults apply otherwise). ``batch_size`` is the number
     of calibration sequences per forward pass.
     """
-    import astro
     import torch
 
     from .models import decoder_layers
@@ -222,7 +244,11 @@ def quantize_model(
     if not needs_hessian:
         # RTN needs no calibration data, so no output error can be computed.
         options["compute_error"] = False
-    groups = SUBLAYER_GROUPS if true_sequential else (sum(SUBLAYER_GROUPS, ()),)
+    # A stage is the set of sub-layer groups quantized after one forward pass.
+    if true_sequential:
+        stages = [(group,) for group in SUBLAYER_GROUPS]
+    else:
+        stages = [SUBLAYER_GROUPS]
 
     start = time.perf_counter()
     was_training = model.training
@@ -238,22 +264,20 @@ def quantize_model(
     results = {}
     for index, block in iterator:
         block_start = time.perf_counter()
-        for group in groups:
-            modules = [block.get_submodule(name) for name in group]
+        for stage in stages:
+            groups = [[block.get_submodule(name) for name in group] for group in stage]
             if needs_hessian:
-                hessian = _collect_hessian(block, modules[0], states, masks)
+                hessians = _collect_hessians(block, [g[0] for g in groups], states, masks)
             else:
-                hessian = None
-            for name, module in zip(group, modules):
-                full_name = f"model.layers.{index}.{name}"
-                weight = module.weight.detach().float()
-                quantized = astro.quantize_layer(weight, hessian, **options)
-                with torch.no_grad():
-                    module.weight.copy_(torch.from_numpy(quantized.dequantize()).to(module.weight.dtype))
-                results[full_name] = quantized
-                logger.info("%s: output error %.5f, %.2f s", full_name,
-                            quantized.stats.get("output_error", float("nan")),
-                            quantized.stats.get("seconds", float("nan")))
+                hessians = [None] * len(groups)
+            for names, modules, hessian in zip(stage, groups, hessians):
+                for name, module in zip(names, modules):
+                    full_name = f"model.layers.{index}.{name}"
+                    results[full_name] = _quantize_linear(module, hessian, options)
+                    stats = results[full_name].stats
+                    logger.info("%s: output error %.5f, %.2f s", full_name,
+                                stats.get("output_error", float("nan")),
+                                stats.get("seconds", float("nan")))
         if needs_hessian:
             with torch.no_grad():
                 for j, (hidden, kwargs) in enumerate(states):
