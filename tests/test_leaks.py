@@ -1,9 +1,9 @@
 """Memory stays flat over many calls, on success and on every error path.
 
-Each workload runs a warm-up round (allocator pools, OpenBLAS buffers and
-lazy imports settle), then many more rounds; the resident set size may not
-grow by more than a small fraction of what one leaked copy of the layer per
-call would add.
+Each workload first runs warm-up calls, so that allocator pools, OpenBLAS
+buffers and lazy imports settle. Over the measured calls that follow, the
+resident set size may grow by at most a quarter of what one leaked copy of
+the layer per call would add.
 """
 import gc
 
@@ -100,7 +100,7 @@ def test_memory_stays_flat(name, layer):
 
 
 def test_detector_catches_a_leak():
-    """The RSS measure sees one leaked W-sized buffer per call."""
+    """The RSS measurement detects one leaked W-sized buffer per call."""
     kept = []
     growth = growth_over_rounds(lambda: kept.append(np.ones(OUT * IN, np.float32)))
     assert growth >= ROUNDS * LAYER_BYTES // 2

@@ -4,10 +4,10 @@
 # CPython, NumPy and OpenBLAS report errors of their own under memcheck
 # (pymalloc arenas, hand-written BLAS kernels reading past a vector on
 # purpose), so suppression files cannot keep up with every version.
-# Instead the log is filtered: the run fails on any invalid read or write,
+# Instead the log is filtered. The run fails on any invalid read or write,
 # use of uninitialised memory, bad free or definite leak whose stack passes
 # through the astro extension (astro/_core*.so, functions named astro_* or
-# py_*), and prints the other records' count only.
+# py_*). Other records are only counted.
 #
 # Usage: tests/valgrind.sh            (skips with exit 0 where valgrind is missing)
 # Environment: PYTHON (default python3), VALGRIND_LOG (keep the log there).
