@@ -13,6 +13,9 @@ import numpy as np
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 7, 8)
+# A group's range spans up to 2 max|W| and its grid may overshoot it by half a
+# step, so weights stay below a third of FLT_MAX (3.4e38).
+MAX_WEIGHT = 1e38
 
 
 def is_torch_tensor(value: Any) -> bool:
@@ -80,6 +83,12 @@ def as_weight(value: Any) -> np.ndarray:
         raise ValueError(f"W must have at least one row and column; got shape {w.shape}")
     w = np.ascontiguousarray(w, dtype=np.float32)
     check_finite(w, "W")
+    largest = float(np.abs(w).max())
+    if largest > MAX_WEIGHT:
+        raise ValueError(
+            f"W has a value of magnitude {largest:g}, too large for a finite float32 "
+            f"quantization range; |W| must be <= {MAX_WEIGHT:g}, so rescale W"
+        )
     return w
 
 

@@ -71,6 +71,13 @@ class Hessian:
             check_finite(chunk, "X")
             self.num_samples = _core.hessian_update(self._upper, self.num_samples, chunk)
         self._matrix = None
+        # |H_ij| <= sqrt(H_ii H_jj), so a finite diagonal means a finite H.
+        if not np.isfinite(np.diagonal(self._upper)).all():
+            raise ValueError(
+                "H overflowed float32: X has values too large to square and sum "
+                f"(max |X| = {float(np.abs(rows).max()):g}); rescale X before "
+                "calibrating"
+            )
         return self
 
     @staticmethod

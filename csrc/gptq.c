@@ -142,7 +142,8 @@ static void sort_by_diag_desc(const float *h, int64_t in, int64_t *perm,
 
 /* Step 4-5 on work->hw, already permuted: damps, factors and inverts.
  * Returns NOT_POSITIVE_DEFINITE when potrf fails. */
-static astro_status inverse_factor(float *hw, int64_t in, double lambda)
+static astro_status inverse_factor(float *hw, int64_t in, double lambda,
+                                   const astro_cancel *cancel)
 {
     const int64_t total = in * in;
     const astro_blas_int n = (astro_blas_int)in;
@@ -165,6 +166,8 @@ static astro_status inverse_factor(float *hw, int64_t in, double lambda)
         return ASTRO_STATUS_NOT_POSITIVE_DEFINITE;
     if (info < 0)
         return ASTRO_STATUS_LAPACK_ERROR;
+    if (astro_cancel_requested(cancel))
+        return ASTRO_STATUS_INTERRUPTED;
     astro_strtri("U", "N", &n, hw, &n, &info, 1, 1);
     if (info > 0)
         return ASTRO_STATUS_NOT_POSITIVE_DEFINITE;
@@ -412,6 +415,8 @@ static astro_status gptq_check(const astro_gptq_params *params, const float *w,
         return ASTRO_STATUS_INVALID_ARGUMENT;
     if (!astro_blas_fits(in, out))
         return ASTRO_STATUS_INVALID_ARGUMENT;
+    if (!astro_all_finite(w, out * in) || !astro_all_finite(h, in * in))
+        return ASTRO_STATUS_NON_FINITE;
     return ASTRO_STATUS_OK;
 }
 
@@ -482,7 +487,11 @@ astro_status astro_gptq(const astro_gptq_params *params, const float *w,
                 *stats_out = stats;
             return status;
         }
-        status = inverse_factor(work.hw, in, damp * diag_mean);
+        if (astro_cancel_requested(cancel)) {
+            status = ASTRO_STATUS_INTERRUPTED;
+            goto done;
+        }
+        status = inverse_factor(work.hw, in, damp * diag_mean, cancel);
         if (status != ASTRO_STATUS_NOT_POSITIVE_DEFINITE)
             break;
         damp = damp > 0.0 ? damp * 10.0 : 1e-6;
@@ -490,6 +499,8 @@ astro_status astro_gptq(const astro_gptq_params *params, const float *w,
             break;
     }
     stats.damp_used = damp;
+    if (status == ASTRO_STATUS_OK && astro_cancel_requested(cancel))
+        status = ASTRO_STATUS_INTERRUPTED;
     if (status != ASTRO_STATUS_OK)
         goto done;
 

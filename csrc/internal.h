@@ -20,6 +20,9 @@ static inline void *astro_alloc(int64_t count, size_t size)
     return malloc(count == 0 ? 1 : (size_t)count * size);
 }
 
+/* Returns 1 when all n values are finite (no NaN, no Inf). */
+int astro_all_finite(const float *x, int64_t n);
+
 /* Transposes a rows x cols row-major matrix into dst (cols x rows). */
 void astro_transpose(const float *src, int64_t rows, int64_t cols, float *dst);
 

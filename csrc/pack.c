@@ -136,9 +136,8 @@ astro_status astro_dequantize(const uint8_t *codes, const float *scales,
                               int64_t out, int64_t in, int64_t groups,
                               float *w)
 {
-    if (out < 0 || in < 0 || groups < 1 ||
-        (out * in > 0 && (codes == NULL || scales == NULL || zeros == NULL ||
-                          g_idx == NULL || w == NULL)))
+    if (out < 0 || in < 0 || groups < 1 || codes == NULL || scales == NULL ||
+        zeros == NULL || g_idx == NULL || w == NULL)
         return ASTRO_STATUS_INVALID_ARGUMENT;
     for (int64_t c = 0; c < in; c++)
         if (g_idx[c] < 0 || g_idx[c] >= groups)

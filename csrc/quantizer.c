@@ -15,6 +15,8 @@
  *   3. A range narrower than FLT_MIN (all zeros, or denormals only) becomes
  *      [-1, 1], so that the scale is a normal float and x / scale is finite.
  *   4. scale = (xmax - xmin) / maxq; asymmetric zero = rint(-xmin / scale).
+ *      A range wider than FLT_MAX has no finite grid that reaches both ends,
+ *      so it is reported as ASTRO_STATUS_NON_FINITE.
  *   5. MSE search (optional): for p = 1, 1 - 1/grid, ... while the shrink is
  *      below max_shrink, scale the range by p and keep the first p with the
  *      smallest sum |x^ - x|^norm.
@@ -76,8 +78,10 @@ void astro_quant_line(int bits, const float *x, const float *scale,
 
     for (int64_t r = 0; r < rows; r++) {
         float c = round_half_even(x[r] / scale[r]) + zero[r];
-        c = c < 0.0f ? 0.0f : c;
-        c = c > maxq ? maxq : c;
+        /* Written so that NaN maps to 0: the uint8 cast below must never see
+         * NaN, which is undefined behaviour in C. */
+        c = c > 0.0f ? c : 0.0f;
+        c = c < maxq ? c : maxq;
         if (code != NULL)
             code[r] = (uint8_t)c;
         if (q != NULL)
@@ -113,8 +117,8 @@ static void mse_errors(const float *x, int64_t count, int64_t rows,
         const float *line = x + j * x_stride;
         for (int64_t r = 0; r < rows; r++) {
             float c = round_half_even(line[r] / scale[r]) + zero[r];
-            c = c < 0.0f ? 0.0f : c;
-            c = c > maxq ? maxq : c;
+            c = c > 0.0f ? c : 0.0f;
+            c = c < maxq ? c : maxq;
             float d = fabsf(scale[r] * (c - zero[r]) - line[r]);
             err[r] += powf(d, norm);
         }
@@ -185,9 +189,16 @@ astro_status astro_quant_find_params(const astro_quant_params *params,
         }
     }
 
-    for (int64_t r = 0; r < rows; r++)
+    for (int64_t r = 0; r < rows; r++) {
+        const float m = -xmin[r] > xmax[r] ? -xmin[r] : xmax[r];
+        const float width = params->sym ? 2.0f * m : xmax[r] - xmin[r];
+        if (!isfinite(width)) {
+            free(range);
+            return ASTRO_STATUS_NON_FINITE;
+        }
         finalize_params(params->sym, maxq, xmin[r], xmax[r], &scale[r],
                         &zero[r]);
+    }
 
     if (params->mse)
         status = mse_search(params, x, count, rows, x_stride, xmin, xmax,
@@ -218,13 +229,14 @@ astro_status astro_rtn(const astro_quant_params *params, const float *w,
     astro_status status = astro_quant_params_check(params);
     if (status != ASTRO_STATUS_OK)
         return status;
-    if (out < 0 || in < 0 || (out * in > 0 && (w == NULL || codes == NULL ||
-                                               scales == NULL || zeros == NULL)))
+    if (out < 0 || in < 1 || params->group_size > in)
         return ASTRO_STATUS_INVALID_ARGUMENT;
-    if (params->group_size > in && in > 0)
+    if (out > 0 && (w == NULL || codes == NULL || scales == NULL || zeros == NULL))
         return ASTRO_STATUS_INVALID_ARGUMENT;
-    if (out == 0 || in == 0)
+    if (out == 0)
         return ASTRO_STATUS_OK;
+    if (!astro_all_finite(w, out * in))
+        return ASTRO_STATUS_NON_FINITE;
 
     const int64_t group_size = params->group_size > 0 ? params->group_size : in;
     const int64_t groups = astro_num_groups(in, params->group_size);
@@ -246,6 +258,9 @@ astro_status astro_rtn(const astro_quant_params *params, const float *w,
         const int64_t c1 = c0 + group_size < in ? c0 + group_size : in;
         status = astro_quant_find_params(params, wt + c0 * out, c1 - c0, out,
                                          out, scale, zero);
+        for (int64_t r = 0; r < out && status == ASTRO_STATUS_OK; r++)
+            if (!isfinite(scale[r]) || !isfinite(zero[r]))
+                status = ASTRO_STATUS_NON_FINITE;
         for (int64_t r = 0; r < out; r++) {
             scales[r * groups + g] = scale[r];
             zeros[r * groups + g] = zero[r];

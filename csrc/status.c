@@ -5,6 +5,8 @@
 #include "blas.h"
 #include "internal.h"
 
+#include <math.h>
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -29,8 +31,9 @@ const char *astro_status_message(astro_status status)
     return status_messages[status];
 }
 
-/* 0 means "not set yet": use OpenMP's default (the number of cores). */
-static int num_threads_setting = 0;
+/* 0 means "not set yet": use OpenMP's default (the number of cores). Atomic
+ * because any thread may set it while others read it. */
+static _Atomic int num_threads_setting = 0;
 
 void astro_set_num_threads(int num_threads)
 {
@@ -42,13 +45,24 @@ void astro_set_num_threads(int num_threads)
 
 int astro_get_num_threads(void)
 {
-    if (num_threads_setting > 0)
-        return num_threads_setting;
+    const int setting = num_threads_setting;
+    if (setting > 0)
+        return setting;
 #ifdef _OPENMP
     return omp_get_max_threads();
 #else
     return 1;
 #endif
+}
+
+int astro_all_finite(const float *x, int64_t n)
+{
+    /* x - x is 0 for finite x and NaN for NaN and Inf; summing the flags
+     * without a branch lets the loop vectorize. */
+    int bad = 0;
+    for (int64_t i = 0; i < n; i++)
+        bad |= !(x[i] - x[i] == 0.0f);
+    return !bad;
 }
 
 int astro_cancel_requested(const astro_cancel *cancel)
