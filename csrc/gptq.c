@@ -62,7 +62,10 @@ typedef struct gptq_work {
     float *static_zero; /* groups x out, static groups only */
     uint8_t *codes_t;   /* in x out */
     int64_t *perm;      /* in: position -> original column */
+    int64_t *inverse;   /* in: original column -> position */
     uint8_t *dead;      /* in: 1 where H_ii == 0 */
+    uint8_t *mark;      /* in: scratch flags of permute_rows() */
+    uint8_t *row_tmp;   /* 2 * out floats: scratch rows of permute_rows() */
 } gptq_work;
 
 static void gptq_work_free(gptq_work *work)
@@ -78,7 +81,10 @@ static void gptq_work_free(gptq_work *work)
     free(work->static_zero);
     free(work->codes_t);
     free(work->perm);
+    free(work->inverse);
     free(work->dead);
+    free(work->mark);
+    free(work->row_tmp);
     memset(work, 0, sizeof(*work));
 }
 
@@ -96,10 +102,14 @@ static astro_status gptq_work_alloc(gptq_work *work, int64_t out, int64_t in,
     work->zero = astro_alloc(out, sizeof(float));
     work->codes_t = astro_alloc(in * out, 1);
     work->perm = astro_alloc(in, sizeof(int64_t));
+    work->inverse = astro_alloc(in, sizeof(int64_t));
     work->dead = astro_alloc(in, 1);
+    work->mark = astro_alloc(in, 1);
+    work->row_tmp = astro_alloc(2 * out, sizeof(float));
     int ok = work->hw && work->wt && work->err && work->snapshot &&
              work->group && work->scale && work->zero && work->codes_t &&
-             work->perm && work->dead;
+             work->perm && work->inverse && work->dead && work->mark &&
+             work->row_tmp;
     if (ok && static_groups) {
         work->static_scale = astro_alloc(groups * out, sizeof(float));
         work->static_zero = astro_alloc(groups * out, sizeof(float));
@@ -185,8 +195,35 @@ static astro_status inverse_factor(float *hw, int64_t in, double lambda,
     return ASTRO_STATUS_OK;
 }
 
+/* Moves row i of data (rows x row_bytes) to row dest[i], in place, by
+ * following the permutation's cycles. tmp holds 2 rows; mark holds rows. */
+static void permute_rows(void *data, int64_t rows, size_t row_bytes,
+                         const int64_t *dest, uint8_t *tmp, uint8_t *mark)
+{
+    uint8_t *base = data;
+    uint8_t *carry = tmp, *swap = tmp + row_bytes;
+
+    memset(mark, 0, (size_t)rows);
+    for (int64_t start = 0; start < rows; start++) {
+        if (mark[start] || dest[start] == start)
+            continue;
+        memcpy(carry, base + (size_t)start * row_bytes, row_bytes);
+        int64_t j = start;
+        do {
+            uint8_t *target = base + (size_t)dest[j] * row_bytes;
+            memcpy(swap, target, row_bytes);
+            memcpy(target, carry, row_bytes);
+            memcpy(carry, swap, row_bytes);
+            j = dest[j];
+            mark[j] = 1;
+        } while (j != start);
+    }
+}
+
 /* Steps 1 and 3: copies H and W^T into the work buffers in sweep order.
- * Returns the number of dead columns. */
+ * W is transposed in cache-sized tiles and its rows then permuted in place,
+ * since gathering columns of a row-major W one by one misses the cache on
+ * every element. Returns the number of dead columns. */
 static int64_t load_problem(gptq_work *work, const float *w, const float *h,
                             int64_t out, int64_t in, double *diag_mean)
 {
@@ -196,6 +233,10 @@ static int64_t load_problem(gptq_work *work, const float *w, const float *h,
     for (int64_t i = 0; i < in; i++)
         work->dead[i] = h[i * in + i] == 0.0f;
 
+    astro_transpose(w, out, in, work->wt);
+    permute_rows(work->wt, in, (size_t)out * sizeof(float), work->inverse,
+                 work->row_tmp, work->mark);
+
     for (int64_t i = 0; i < in; i++) {
         const int64_t pi = work->perm[i];
         float *hrow = work->hw + i * in;
@@ -203,16 +244,10 @@ static int64_t load_problem(gptq_work *work, const float *w, const float *h,
             hrow[j] = h[pi * in + work->perm[j]];
         if (work->dead[pi]) {
             hrow[i] = 1.0f;
+            memset(work->wt + i * out, 0, (size_t)out * sizeof(float));
             dead++;
         }
         diag_sum += hrow[i];
-
-        float *wrow = work->wt + i * out;
-        if (work->dead[pi])
-            memset(wrow, 0, (size_t)out * sizeof(float));
-        else
-            for (int64_t r = 0; r < out; r++)
-                wrow[r] = w[r * in + pi];
     }
     *diag_mean = diag_sum / (double)in;
     return dead;
@@ -358,11 +393,13 @@ static astro_status sweep_block(const astro_gptq_params *params,
     return ASTRO_STATUS_OK;
 }
 
-/* Step 7: codes, g_idx and dequantized weights in the original order. */
-static void write_outputs(const astro_gptq_params *params,
-                          const gptq_work *work, int64_t out, int64_t in,
-                          int64_t groups, uint8_t *codes, float *scales,
-                          float *zeros, int32_t *g_idx, float *dequant)
+/* Step 7: codes, g_idx and dequantized weights in the original order. The
+ * sweep-order rows of codes_t and wt go back to column order in place, then
+ * a tiled transpose writes the row-major outputs. */
+static void write_outputs(const astro_gptq_params *params, gptq_work *work,
+                          int64_t out, int64_t in, int64_t groups,
+                          uint8_t *codes, float *scales, float *zeros,
+                          int32_t *g_idx, float *dequant)
 {
     const int64_t gs = params->quant.group_size;
 
@@ -374,14 +411,15 @@ static void write_outputs(const astro_gptq_params *params,
             g_idx[c] = (int32_t)(c / gs);
         else
             g_idx[c] = (int32_t)(i / gs);
+    }
 
-        const uint8_t *code_line = work->codes_t + i * out;
-        const float *q_line = work->wt + i * out;
-        for (int64_t r = 0; r < out; r++)
-            codes[r * in + c] = code_line[r];
-        if (dequant != NULL)
-            for (int64_t r = 0; r < out; r++)
-                dequant[r * in + c] = q_line[r];
+    permute_rows(work->codes_t, in, (size_t)out, work->perm, work->row_tmp,
+                 work->mark);
+    astro_transpose_u8(work->codes_t, in, out, codes);
+    if (dequant != NULL) {
+        permute_rows(work->wt, in, (size_t)out * sizeof(float), work->perm,
+                     work->row_tmp, work->mark);
+        astro_transpose(work->wt, in, out, dequant);
     }
 
     if (gs > 0 && params->static_groups) {
@@ -473,6 +511,8 @@ astro_status astro_gptq(const astro_gptq_params *params, const float *w,
         for (int64_t i = 0; i < in; i++)
             work.perm[i] = i;
     }
+    for (int64_t i = 0; i < in; i++)
+        work.inverse[work.perm[i]] = i;
 
     /* Steps 1, 4, 5 with damping escalation. */
     double damp = params->damp;

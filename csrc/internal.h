@@ -25,6 +25,8 @@ int astro_all_finite(const float *x, int64_t n);
 
 /* Transposes a rows x cols row-major matrix into dst (cols x rows). */
 void astro_transpose(const float *src, int64_t rows, int64_t cols, float *dst);
+void astro_transpose_u8(const uint8_t *src, int64_t rows, int64_t cols,
+                        uint8_t *dst);
 
 /* Number of groups of `group_size` columns over `in` (1 when -1). */
 static inline int64_t astro_num_groups(int64_t in, int64_t group_size)

@@ -207,19 +207,31 @@ astro_status astro_quant_find_params(const astro_quant_params *params,
     return status;
 }
 
+/* Tiles keep both the reads and the writes of a transpose within a few
+ * cache lines; one body serves both element types. */
+#define TRANSPOSE_TILE 32
+#define TRANSPOSE_BODY(src, rows, cols, dst)                                   \
+    for (int64_t r0 = 0; r0 < (rows); r0 += TRANSPOSE_TILE) {                  \
+        const int64_t r1 = r0 + TRANSPOSE_TILE < (rows) ? r0 + TRANSPOSE_TILE  \
+                                                        : (rows);              \
+        for (int64_t c0 = 0; c0 < (cols); c0 += TRANSPOSE_TILE) {              \
+            const int64_t c1 = c0 + TRANSPOSE_TILE < (cols)                    \
+                                   ? c0 + TRANSPOSE_TILE : (cols);             \
+            for (int64_t r = r0; r < r1; r++)                                  \
+                for (int64_t c = c0; c < c1; c++)                              \
+                    (dst)[c * (rows) + r] = (src)[r * (cols) + c];             \
+        }                                                                      \
+    }
+
 void astro_transpose(const float *src, int64_t rows, int64_t cols, float *dst)
 {
-    /* Tiles keep both the reads and the writes within a few cache lines. */
-    const int64_t tile = 32;
-    for (int64_t r0 = 0; r0 < rows; r0 += tile) {
-        const int64_t r1 = r0 + tile < rows ? r0 + tile : rows;
-        for (int64_t c0 = 0; c0 < cols; c0 += tile) {
-            const int64_t c1 = c0 + tile < cols ? c0 + tile : cols;
-            for (int64_t r = r0; r < r1; r++)
-                for (int64_t c = c0; c < c1; c++)
-                    dst[c * rows + r] = src[r * cols + c];
-        }
-    }
+    TRANSPOSE_BODY(src, rows, cols, dst)
+}
+
+void astro_transpose_u8(const uint8_t *src, int64_t rows, int64_t cols,
+                        uint8_t *dst)
+{
+    TRANSPOSE_BODY(src, rows, cols, dst)
 }
 
 astro_status astro_rtn(const astro_quant_params *params, const float *w,
@@ -271,9 +283,7 @@ astro_status astro_rtn(const astro_quant_params *params, const float *w,
     }
 
     if (status == ASTRO_STATUS_OK) {
-        for (int64_t c = 0; c < in; c++)
-            for (int64_t r = 0; r < out; r++)
-                codes[r * in + c] = ct[c * out + r];
+        astro_transpose_u8(ct, in, out, codes);
         if (qt != NULL)
             astro_transpose(qt, in, out, dequant);
     }
