@@ -212,6 +212,7 @@ def quantize_model(
     iterations=None,
     true_sequential: bool = True,
     batch_size: int = 1,
+    num_blocks=None,
     progress: bool = True,
     **layer_options,
 ) -> ModelQuantization:
@@ -223,7 +224,8 @@ def quantize_model(
     "astro", "gptq", "rtn" and "astro+rtn"; the remaining arguments are passed
     to ``astro.quantize_layer`` (``beta``, ``budget`` and ``iterations`` only
     when given, so its defaults apply otherwise). ``batch_size`` is the number
-    of calibration sequences per forward pass.
+    of calibration sequences per forward pass. ``num_blocks`` quantizes only
+    the first blocks and leaves the rest in float (for quick experiments).
     """
     import torch
 
@@ -232,6 +234,10 @@ def quantize_model(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     layers = decoder_layers(model)
+    if num_blocks is not None:
+        if not 1 <= num_blocks <= len(layers):
+            raise ValueError(f"num_blocks must be in [1, {len(layers)}], got {num_blocks}")
+        layers = layers[:num_blocks]
     pad_token_id = getattr(model.config, "pad_token_id", None) or 0
     batches = _batches_from_calibration(calibration, batch_size, pad_token_id)
     masks = [mask for _, mask in batches]
@@ -278,7 +284,7 @@ def quantize_model(
                     logger.info("%s: output error %.5f, %.2f s", full_name,
                                 stats.get("output_error", float("nan")),
                                 stats.get("seconds", float("nan")))
-        if needs_hessian:
+        if needs_hessian and index + 1 < len(layers):
             with torch.no_grad():
                 for j, (hidden, kwargs) in enumerate(states):
                     states[j] = (_run_block(block, hidden, kwargs).detach(), kwargs)

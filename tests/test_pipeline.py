@@ -256,3 +256,40 @@ def test_invalid_calibration_rejected(calibration, error):
 def test_invalid_method_rejected():
     with pytest.raises(ValueError, match="method"):
         quantize_model(tiny_llama(layers=1), calibration_ids(), method="awq", progress=False)
+
+
+def test_perplexity_matches_model_loss():
+    from astro.evaluate import perplexity
+
+    model = tiny_llama(seed=16, layers=1)
+    stream = torch.randint(1, VOCAB, (100,), generator=torch.Generator().manual_seed(2))
+    result = perplexity(model, stream, seqlen=32)
+    assert result["windows"] == 3 and result["tokens"] == 3 * 31
+    losses = []
+    with torch.no_grad():
+        for k in range(3):
+            ids = stream[k * 32:(k + 1) * 32].unsqueeze(0)
+            losses.append(float(model(ids, labels=ids).loss))
+    expected = float(np.exp(np.mean(losses)))
+    assert result["ppl"] == pytest.approx(expected, rel=1e-5)
+
+    first = perplexity(model, stream, seqlen=32, max_windows=1)
+    assert first["windows"] == 1
+    assert first["ppl"] == pytest.approx(float(np.exp(losses[0])), rel=1e-5)
+    with pytest.raises(ValueError, match="fewer than one window"):
+        perplexity(model, stream[:10], seqlen=32)
+
+
+def test_num_blocks_leaves_later_blocks_float():
+    model = tiny_llama(seed=17, layers=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = quantize_model(model, calibration_ids(), bits=3, group_size=32, method="gptq",
+                            num_blocks=2, progress=False)
+    assert {name.split(".")[2] for name in result.layers} == {"0", "1"}
+    after = model.state_dict()
+    for key, value in before.items():
+        changed = not torch.equal(after[key], value)
+        quantized = any(key == f"{name}.weight" for name in result.layers)
+        assert changed == quantized, key
+    with pytest.raises(ValueError, match="num_blocks"):
+        quantize_model(model, calibration_ids(), num_blocks=4, progress=False)
