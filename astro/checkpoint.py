@@ -3,10 +3,10 @@
 A checkpoint directory holds:
 
 - ``model.safetensors``: for each quantized linear layer ``NAME``, the tensors
-  ``NAME.qweight`` (int32, in*bits/32 x out), ``NAME.qzeros`` (int32,
-  groups x out*bits/32), ``NAME.scales`` (float16, groups x out) and
-  ``NAME.g_idx`` (int32, in); every other parameter in its model dtype. A tied
-  ``lm_head.weight`` is not stored twice.
+  ``NAME.qweight`` (int32, ceil(in*bits/32) x out), ``NAME.qzeros`` (int32,
+  groups x ceil(out*bits/32)), ``NAME.scales`` (float16, groups x out) and
+  ``NAME.g_idx`` (int32, in). Every other parameter is stored in its model
+  dtype, and a tied ``lm_head.weight`` is not stored twice.
 - ``config.json``: the model configuration with a ``quantization_config``
   (``quant_method: "gptq"``, bits, group_size, desc_act, sym, static_groups,
   damp_percent, true_sequential, checkpoint_format ``"gptq"`` for format v1,

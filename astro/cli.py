@@ -1,10 +1,11 @@
 """The ``astro`` command line: fetch, quantize, eval and demo.
 
 Text arguments take a file path or a bundled text name (``wiki``, ``c4``,
-``tiny``, ...). Every text file is split into documents and, with the default
-``--split``, a fixed-seed 25 % of them is held out: ``quantize`` draws its
-calibration windows from the other 75 % and ``eval`` scores only the held-out
-part, so evaluation articles never appear in calibration windows.
+``tiny``, ...). Every text file is split into documents, and a fixed-seed 25 %
+of them is held out. By default ``quantize`` draws its calibration windows from
+the other 75 % and ``eval`` scores only the held-out part, so evaluation
+articles never appear in calibration windows (``--calibration-split all`` and
+``--text-split all`` use whole files instead).
 """
 
 from __future__ import annotations

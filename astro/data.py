@@ -6,7 +6,7 @@ Protocol (the one the command line and the benchmarks use):
    (the bundled ``wiki.utf8``, one Wikipedia article per tag) give one document
    per article, and articles that are only a title (redirects) are dropped.
    Other files are split on blank lines, or on lines when they have no blank
-   lines (the bundled ``c4.utf8`` holds one document per line).
+   lines (the bundled ``c4.utf8`` has one document per line).
 2. ``split_documents`` puts a fixed-seed random ``eval_fraction`` of the
    documents in the evaluation set and the rest in the calibration set, so no
    evaluation article ever appears in a calibration window.

@@ -3,8 +3,8 @@
 GGUF files are read with the ``gguf`` package and every tensor is dequantized to
 float32, so a quantized GGUF becomes a plain float model (that float model is
 the baseline every method is compared against). The configuration and the
-tokenizer come from transformers' GGUF support, which needs no extra package;
-the weights are mapped here because transformers' own GGUF weight loader
+tokenizer come from transformers' GGUF support, which needs no extra package.
+The weights are mapped here because transformers' own GGUF weight loader
 requires ``accelerate``.
 """
 
@@ -43,9 +43,9 @@ _GGUF_BLOCK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
 def _unpermute_rotary(weight: np.ndarray, num_heads: int) -> np.ndarray:
     """Undo the row order llama.cpp's converter applies to q/k projections.
 
-    The converter interleaves the two rotary halves of each head (it maps rows
-    ``[h, half, j]`` to ``[h, j, half]``); transformers' rotary embedding
-    expects the halves in sequence, so swap them back.
+    The converter interleaves the two rotary halves of each head, mapping rows
+    ``[h, half, j]`` to ``[h, j, half]``. Transformers' rotary embedding
+    expects the halves in sequence, so this swaps them back.
     """
     rows = weight.shape[0]
     head_half = rows // num_heads // 2
@@ -136,7 +136,7 @@ def load_model(path, dtype=None):
         check_llama_family(config)
         if getattr(config, "quantization_config", None):
             raise ValueError(
-                f"{path} holds a quantized checkpoint; load it with astro.load_quantized"
+                f"{path} is a quantized checkpoint; load it with astro.load_quantized"
             )
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(str(path))

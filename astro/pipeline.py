@@ -15,8 +15,8 @@ How ``quantize_model`` proceeds:
 
 Embeddings, norms and ``lm_head`` stay in float. Each linear layer's weight is
 replaced in place by its dequantized weight, so the model can be evaluated
-directly; the integer codes are kept in the returned ``ModelQuantization`` for
-``astro.checkpoint.save_quantized``.
+directly. The integer codes are kept in the returned ``ModelQuantization``,
+which ``astro.checkpoint.save_quantized`` writes to disk.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ class ModelQuantization:
     """Result of ``quantize_model``.
 
     ``layers`` maps each quantized linear layer's module name (for example
-    ``model.layers.0.self_attn.q_proj``) to its ``astro.QuantizedLayer``;
-    ``config`` holds the settings used; ``seconds`` is the wall time.
+    ``model.layers.0.self_attn.q_proj``) to its ``astro.QuantizedLayer``.
+    ``config`` is the dict of settings used and ``seconds`` the wall time.
     """
 
     layers: dict
@@ -63,11 +63,12 @@ class _StopForward(Exception):
 
 
 def _batches_from_calibration(calibration, batch_size: int, pad_token_id: int):
-    """Turn the accepted calibration forms into a list of ``(input_ids, mask)`` pairs.
+    """Split calibration data into a list of ``(input_ids, mask)`` batches.
 
-    Accepted: a LongTensor (n, seqlen); a dict with ``input_ids`` and optional
-    ``attention_mask``; a list of 1-D token sequences of any lengths (padded on
-    the right, with a mask). ``mask`` is None when no position is padding.
+    Accepted forms are a LongTensor (n, seqlen), a dict with ``input_ids`` and
+    an optional ``attention_mask``, or a list of 1-D token sequences of any
+    lengths, which are padded on the right and masked. ``mask`` is None when
+    no position is padding.
     """
     import torch
 
@@ -221,9 +222,9 @@ def quantize_model(
     ``calibration`` is a LongTensor (n, seqlen) of token ids, a dict with
     ``input_ids`` and ``attention_mask``, or a list of 1-D token sequences
     (padded here and masked out of the Hessians). ``method`` is one of
-    "astro", "gptq", "rtn" and "astro+rtn"; the remaining arguments are passed
-    to ``astro.quantize_layer`` (``beta``, ``budget`` and ``iterations`` only
-    when given, so its defaults apply otherwise). ``batch_size`` is the number
+    "astro", "gptq", "rtn" and "astro+rtn". The remaining arguments are passed
+    to ``astro.quantize_layer``, and ``beta``, ``budget`` and ``iterations``
+    only when given, so that its defaults apply otherwise. ``batch_size`` is the number
     of calibration sequences per forward pass. ``num_blocks`` quantizes only
     the first blocks and leaves the rest in float (for quick experiments).
     """
