@@ -93,7 +93,8 @@ def _eval_tokens(tokenizer, args):
 
 def _quantize_options(args) -> dict:
     return dict(
-        bits=args.bits, group_size=args.group_size, method=args.method, sym=args.sym,
+        bits=args.bits, group_size=args.group_size, method=getattr(args, "method", "astro"),
+        sym=args.sym,
         act_order=args.act_order, damp=args.damp, beta=args.beta, budget=args.budget,
         iterations=args.iterations, batch_size=args.batch_size,
     )

@@ -293,3 +293,72 @@ def test_num_blocks_leaves_later_blocks_float():
         assert changed == quantized, key
     with pytest.raises(ValueError, match="num_blocks"):
         quantize_model(model, calibration_ids(), num_blocks=4, progress=False)
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """A saved tiny Llama with a word-level tokenizer, and a text file it can read."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(VOCAB)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="w0")
+    model_dir = tmp_path / "model"
+    tiny_llama(seed=18).save_pretrained(str(model_dir))
+    tokenizer.save_pretrained(str(model_dir))
+
+    generator = np.random.default_rng(0)
+    documents = [" ".join(f"w{t}" for t in generator.integers(1, VOCAB, 40)) for _ in range(20)]
+    text = tmp_path / "text.txt"
+    text.write_text("\n\n".join(documents), encoding="utf-8")
+    return model_dir, text
+
+
+def test_cli_quantize_then_eval(tiny_model_dir, tmp_path, capsys):
+    from astro.cli import main
+
+    model_dir, text = tiny_model_dir
+    output = tmp_path / "quantized"
+    common = ["--text", str(text), "--eval-seqlen", "32", "-q"]
+    status = main(["quantize", "--model", str(model_dir), "--calibration", str(text),
+                   "--method", "gptq", "--bits", "4", "--group-size", "32",
+                   "--num-windows", "4", "--seqlen", "16", "--output", str(output),
+                   "--eval"] + common)
+    assert status == 0
+    quantize_output = capsys.readouterr().out
+    assert "quantized 14 layers with gptq W4 g32" in quantize_output
+    assert (output / "model.safetensors").is_file()
+    assert (output / "tokenizer.json").is_file()
+
+    assert main(["eval", "--model", str(output)] + common) == 0
+    eval_output = capsys.readouterr().out
+    # The in-memory model after quantization and the reloaded checkpoint
+    # differ only by float16 rounding of the scales.
+    before = float(quantize_output.split("perplexity ")[1].split()[0])
+    after = float(eval_output.split("perplexity ")[1].split()[0])
+    assert after == pytest.approx(before, rel=1e-3)
+
+
+def test_cli_demo_prints_table(tiny_model_dir, capsys):
+    from astro.cli import main
+
+    model_dir, text = tiny_model_dir
+    status = main(["demo", "--model", str(model_dir), "--calibration", str(text),
+                   "--text", str(text), "--methods", "rtn,gptq", "--group-size", "32",
+                   "--num-windows", "4", "--seqlen", "16", "--eval-seqlen", "32",
+                   "--max-windows", "2", "-q"])
+    assert status == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = {line.split()[0]: line.split()[1:] for line in lines if line.split()
+             and line.split()[0] in ("float", "rtn", "gptq")}
+    assert set(table) == {"float", "rtn", "gptq"}
+    for values in table.values():
+        assert np.isfinite(float(values[0]))
+
+
+def test_cli_missing_model_reports_error(tmp_path, capsys):
+    from astro.cli import main
+
+    assert main(["eval", "--model", str(tmp_path / "absent"), "-q"]) == 2
+    assert "does not exist" in capsys.readouterr().err
