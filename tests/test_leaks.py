@@ -2,9 +2,13 @@
 
 Each workload first runs warm-up calls, so that allocator pools, OpenBLAS
 buffers and lazy imports settle. Over the measured calls that follow, the
-resident set size may grow by at most a quarter of what one leaked copy of
-the layer per call would add.
+bytes malloc has handed out may grow by at most a quarter of what one leaked
+copy of the layer per call would add. glibc's mallinfo2() counts them
+exactly; the resident set size, the fallback elsewhere, misses a leak that
+reuses pages freed by earlier tests.
 """
+import ctypes
+import ctypes.util
 import gc
 
 import numpy as np
@@ -18,8 +22,29 @@ LAYER_BYTES = OUT * IN * 4  # one float32 copy of W: 64 KiB
 ROUNDS = 100
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+        "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _mallinfo2():
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    function = getattr(libc, "mallinfo2", None)
+    if function is None:
+        return None
+    function.restype = _MallInfo2
+    return function
+
+
+_MALLINFO2 = _mallinfo2()
+
+
 def resident_bytes():
-    """Current RSS from /proc/self/statm (Linux)."""
+    """Bytes in use from malloc (glibc), else the RSS from /proc/self/statm."""
+    if _MALLINFO2 is not None:
+        info = _MALLINFO2()
+        return info.uordblks + info.hblkhd
     with open("/proc/self/statm", encoding="ascii") as handle:
         pages = int(handle.read().split()[1])
     import resource
