@@ -245,38 +245,59 @@ typedef enum astro_solver {
 
 typedef enum astro_stop_reason {
     ASTRO_STOP_MAX_ITERATIONS = 0,
-    ASTRO_STOP_TOLERANCE = 1,   /* relative objective change below tol */
-    ASTRO_STOP_ZERO_BETA = 2    /* beta == 0: the weights are returned as is */
+    ASTRO_STOP_TOLERANCE = 1,    /* relative objective decrease below tol */
+    ASTRO_STOP_ZERO_BETA = 2,    /* beta == 0: the weights are returned as is */
+    ASTRO_STOP_ZERO_HESSIAN = 3  /* H == 0: no output to preserve, W0 kept */
 } astro_stop_reason;
 
+/* Defaults of astro_regularize_params_init(); see regularize.c for why. */
+#define ASTRO_REGULARIZE_DEFAULT_BETA 1e-4
+#define ASTRO_REGULARIZE_DEFAULT_TOL 1e-6
+
 typedef struct astro_regularize_params {
-    double beta;           /* regularization weight (normalized H) */
+    double beta;           /* regularization weight, for H / lambda_max(H) */
     int64_t group_size;    /* groups of input columns, -1 for whole rows */
     int uniform_alpha;     /* 1: alpha_k = 1 (MagR); 0: activation-guided */
-    int max_iterations;    /* 200 in the paper */
+    int max_iterations;    /* proximal steps (GEMMs) at most; 100 by default,
+                              200 (plain) in the paper */
     astro_solver solver;
-    double tol;            /* relative objective change; 0 disables */
-    int power_iterations;  /* for lambda_max(H) */
+    double tol;            /* stop when a step lowers the objective by less
+                              than tol times its value; 0 disables */
+    int power_iterations;  /* at most, for lambda_max(H); >= 1 */
 } astro_regularize_params;
 
 void astro_regularize_params_init(astro_regularize_params *params);
 
 typedef struct astro_regularize_stats {
-    int iterations;              /* proximal steps taken (= GEMMs) */
+    int iterations;              /* proximal steps taken, one GEMM each */
+    int restarts;                /* FISTA momentum steps rejected */
     astro_stop_reason stop_reason;
-    double lambda_max;           /* estimate of the largest eigenvalue of H */
-    double objective_initial;    /* objective at W0, normalized units */
+    double lambda_max;           /* power-iteration estimate (from below) */
+    double objective_initial;    /* objective at W0, normalized H */
     double objective_final;
     double output_change;        /* ||X (W~ - W0)^T||^2 / ||X W0^T||^2 */
 } astro_regularize_stats;
 
 /*
- * Runs the Astro solver on every row of W0 (out x in) under H (in x in).
+ * Runs the Astro solver on every row of W0 (out x in) under H (in x in):
+ * minimizes 1/2 tr((W - W0) Hn (W - W0)^T) + beta sum_rows sum_k alpha_k
+ * ||w^(k)||_inf with Hn = H / lambda_max(H).
  *
- *   w         out x in, receives the regularized weights W~.
- *   alpha     groups values (may be NULL): the alpha_k actually used.
- *   objective max_iterations + 1 values (may be NULL): objective per step,
- *             entry 0 at W0; entries past the last step are left unwritten.
+ *   w0        out x in, const.
+ *   h         in x in, full symmetric positive semidefinite, const.
+ *   w         out x in, must not overlap w0. Receives W~.
+ *   alpha     groups values (may be NULL): the alpha_k used, mean 1 unless
+ *             uniform_alpha; groups = ceil(in / group_size), 1 if -1.
+ *   objective max_iterations + 1 values (may be NULL): objective after
+ *             each step, entry 0 at W0; a rejected FISTA step repeats
+ *             the previous value; entries past the last step are left
+ *             unwritten.
+ *   stats     required.
+ *   cancel    may be NULL; polled before every step.
+ *
+ * GEMMs: iterations, plus one for the output-change denominator. The
+ * iterations start from W0. Scratch memory: (1 + 2 * fista) * out * in floats.
+ * Returns ASTRO_STATUS_NON_FINITE if the objective stops being finite.
  */
 astro_status astro_regularize(const astro_regularize_params *params,
                               const float *w0, const float *h, int64_t out,
@@ -286,12 +307,15 @@ astro_status astro_regularize(const astro_regularize_params *params,
                               const astro_cancel *cancel);
 
 /*
- * Projects v (length n) onto the L1 ball of the given radius, in place of
- * `result` (may alias v). Exact sort-based method (Duchi et al. 2008).
- * `scratch` holds at least n floats.
+ * Projects v (length n) onto the L1 ball {x : ||x||_1 <= radius} into
+ * `result` (which may alias v). Exact: result_i = sign(v_i) max(|v_i| - mu, 0)
+ * with the threshold mu >= 0 found by an active-set iteration; v is returned
+ * as is when ||v||_1 <= radius. Returns ASTRO_STATUS_INVALID_ARGUMENT for a
+ * negative or non-finite radius or n < 0. `scratch` is unused and may be
+ * NULL.
  */
-void astro_project_l1_ball(const float *v, int64_t n, float radius,
-                           float *result, float *scratch);
+astro_status astro_project_l1_ball(const float *v, int64_t n, float radius,
+                                   float *result, float *scratch);
 
 #ifdef __cplusplus
 }
