@@ -35,6 +35,9 @@ from . import _core  # noqa: E402
 from ._core import NumericalError  # noqa: E402
 from .hessian import Hessian  # noqa: E402
 from .layer import QuantizedLayer, quantize_layer, unpack_gptq  # noqa: E402
+# Imported after the submodule's own name is bound, so that astro.regularize
+# is the function rather than the module.
+from .regularize import regularize  # noqa: E402
 
 logging.getLogger("astro").addHandler(logging.NullHandler())
 
@@ -53,13 +56,24 @@ def get_num_threads() -> int:
     return _core.get_num_threads()
 
 
-def __getattr__(name: str):
-    # The Astro solver and the model pipeline load on first use, so that
-    # `import astro` stays light and needs no torch.
-    if name == "regularize":
-        from .regularize import regularize
+# The model pipeline needs torch and transformers (the "model" extra), so its
+# names load on first use and `import astro` works without them.
+_LAZY = {
+    "quantize_model": "pipeline",
+    "save_quantized": "checkpoint",
+    "load_quantized": "checkpoint",
+    "load_model": "models",
+    "perplexity": "evaluate",
+    "fetch_assets": "assets",
+}
 
-        return regularize
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
     raise AttributeError(f"module 'astro' has no attribute {name!r}")
 
 
@@ -72,4 +86,5 @@ __all__ = [
     "regularize",
     "set_num_threads",
     "unpack_gptq",
+    *sorted(_LAZY),
 ]

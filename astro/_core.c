@@ -1,7 +1,7 @@
 /*
  * _core.c - the CPython/NumPy binding of the C core.
  *
- * The Python modules of the package validate user input and converts dtypes; this layer
+ * The Python modules of the package validate user input and convert dtypes. This layer
  * only turns arrays into C buffers, releases the GIL around the C call, and
  * maps an astro_status to an exception in raise_status(). Every function
  * keeps its owned references in locals that start NULL and releases them on
@@ -662,9 +662,9 @@ static PyObject *py_regularize(PyObject *self, PyObject *args)
         goto done;
     }
     result = Py_BuildValue(
-        "(OOO{s:i,s:i,s:d,s:d,s:d,s:d})", w, alpha,
+        "(OOO{s:i,s:i,s:i,s:d,s:d,s:d,s:d})", w, alpha,
         objective ? (PyObject *)objective : Py_None, "iterations",
-        stats.iterations, "stop_reason", (int)stats.stop_reason, "lambda_max",
+        stats.iterations, "restarts", stats.restarts, "stop_reason", (int)stats.stop_reason, "lambda_max",
         stats.lambda_max, "objective_initial", stats.objective_initial,
         "objective_final", stats.objective_final, "output_change",
         stats.output_change);
@@ -701,8 +701,12 @@ static PyObject *py_project_l1_ball(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
-    astro_project_l1_ball(PyArray_DATA(v), n, (float)radius,
-                          PyArray_DATA(projected), scratch);
+    astro_status status = astro_project_l1_ball(
+        PyArray_DATA(v), n, (float)radius, PyArray_DATA(projected), scratch);
+    if (status != ASTRO_STATUS_OK) {
+        raise_status(status, "project_l1_ball");
+        goto done;
+    }
     result = (PyObject *)projected;
     projected = NULL;
 done:
