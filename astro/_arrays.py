@@ -13,9 +13,9 @@ import numpy as np
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 7, 8)
-# A group's range spans up to 2 max|W| and its grid may overshoot it by half a
-# step, so weights stay below a third of FLT_MAX (3.4e38).
-MAX_WEIGHT = 1e38
+# A group's range spans up to 2 max|W|, and the core accepts ranges up to
+# FLT_MAX / 2 (1.7e38) so that no decoded weight rounds past FLT_MAX.
+MAX_WEIGHT = 8e37
 
 
 def is_torch_tensor(value: Any) -> bool:

@@ -292,7 +292,7 @@ typedef struct astro_regularize_stats {
  *             each step, entry 0 at W0; a rejected FISTA step repeats
  *             the previous value; entries past the last step are left
  *             unwritten.
- *   stats     required.
+ *   stats     may be NULL.
  *   cancel    may be NULL; polled before every step.
  *
  * GEMMs: iterations, plus one for the output-change denominator. The

@@ -15,8 +15,8 @@
  *   3. A range narrower than FLT_MIN (all zeros, or denormals only) becomes
  *      [-1, 1], so that the scale is a normal float and x / scale is finite.
  *   4. scale = (xmax - xmin) / maxq; asymmetric zero = rint(-xmin / scale).
- *      A range wider than FLT_MAX has no finite grid that reaches both ends,
- *      so it is reported as ASTRO_STATUS_NON_FINITE.
+ *      A range wider than FLT_MAX / 2 is reported as ASTRO_STATUS_NON_FINITE,
+ *      because scale * (code - zero) at its ends could round past FLT_MAX.
  *   5. MSE search (optional): for p = 1, 1 - 1/grid, ... while the shrink is
  *      below max_shrink, scale the range by p and keep the first p with the
  *      smallest sum |x^ - x|^norm.
@@ -34,6 +34,7 @@
 #include "internal.h"
 
 #define ROUND_MAGIC 12582912.0f /* 1.5 * 2^23 */
+#define ASTRO_MAX_RANGE (FLT_MAX / 2.0f)
 #define ROUND_LIMIT 4194304.0f  /* 2^22 */
 
 /* Rounds t half to even. |t| is first clamped to 2^22, which is harmless
@@ -192,7 +193,7 @@ astro_status astro_quant_find_params(const astro_quant_params *params,
     for (int64_t r = 0; r < rows; r++) {
         const float m = -xmin[r] > xmax[r] ? -xmin[r] : xmax[r];
         const float width = params->sym ? 2.0f * m : xmax[r] - xmin[r];
-        if (!isfinite(width)) {
+        if (!(width <= ASTRO_MAX_RANGE)) {
             free(range);
             return ASTRO_STATUS_NON_FINITE;
         }

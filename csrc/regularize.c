@@ -624,7 +624,7 @@ static astro_status regularize_check(const astro_regularize_params *params,
                                      int64_t out, int64_t in, const float *w,
                                      const astro_regularize_stats *stats)
 {
-    if (!params_valid(params) || out < 0 || in < 0 || stats == NULL)
+    if (!params_valid(params) || out < 0 || in < 0)
         return ASTRO_STATUS_INVALID_ARGUMENT;
     if (out > 0 && in > 0 && (w0 == NULL || h == NULL || w == NULL))
         return ASTRO_STATUS_INVALID_ARGUMENT;
@@ -710,9 +710,11 @@ astro_status astro_regularize(const astro_regularize_params *params,
                               const float *w0, const float *h, int64_t out,
                               int64_t in, float *w, float *alpha,
                               double *objective,
-                              astro_regularize_stats *stats,
+                              astro_regularize_stats *stats_out,
                               const astro_cancel *cancel)
 {
+    astro_regularize_stats local_stats;
+    astro_regularize_stats *stats = stats_out != NULL ? stats_out : &local_stats;
     astro_status status = regularize_check(params, w0, h, out, in, w, stats);
     if (status != ASTRO_STATUS_OK)
         return status;

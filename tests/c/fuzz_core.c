@@ -450,10 +450,16 @@ static void fuzz_project_l1_ball(byte_reader *reader)
     if (reader->saw_non_finite || !isfinite(radius))
         return;
     astro_project_l1_ball(v, n, radius, p, scratch);
-    double norm = 0.0;
-    for (int64_t i = 0; i < n; i++)
+    double norm = 0.0, max_abs = 0.0;
+    for (int64_t i = 0; i < n; i++) {
         norm += fabs(p[i]);
-    CHECK(all_finite(p, n) && norm <= (double)radius * (1 + 1e-5) + 1e-30,
+        max_abs = fmax(max_abs, fabs(v[i]));
+    }
+    /* Each p_i = |v_i| - mu is rounded in float32 at the scale of |v_i|, so
+     * with entries far above the radius the sum may exceed it by n ulps of
+     * max |v|. */
+    const double slack = (double)n * max_abs * FLT_EPSILON;
+    CHECK(all_finite(p, n) && norm <= (double)radius * (1 + 1e-5) + slack + 1e-30,
           "projection has |p|_1 = %g > radius %g",
           norm, radius);
 }
