@@ -7,8 +7,8 @@ sgemm/ssyrk rate measured in the same run:
     python benchmarks/bench_layer.py --threads 2
 
 ``benchmarks/run_all.py`` drives the full grid through the same functions.
-Each measurement runs in a fresh worker process (``--worker SPEC``) so that
-peak memory, thread pools and allocator state never leak between cases.
+Each measurement runs in a fresh worker process (``--worker SPEC``), so
+peak memory, thread pools and allocator state start afresh for every case.
 
 Flop counts used for the "fraction of the ceiling" figures:
 
@@ -62,6 +62,17 @@ def thread_environment(threads: int) -> dict:
     for name in THREAD_VARIABLES:
         env[name] = str(threads)
     return env
+
+
+def core_build() -> str:
+    """Return the short SHA-256 of the built extension, so mixed builds in one run show."""
+    import hashlib
+
+    paths = sorted(glob.glob(str(REPO_ROOT / "astro" / "_core*.so")))
+    if not paths:
+        return "not built"
+    with open(paths[0], "rb") as binary:
+        return hashlib.sha256(binary.read()).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------
@@ -181,7 +192,7 @@ def astro_iteration_flops(out: int, inp: int) -> float:
 
 
 # --------------------------------------------------------------------------
-# Synthetic inputs, cached on disk so every worker sees the same arrays
+# Synthetic inputs, cached on disk so that every worker loads the same arrays
 # --------------------------------------------------------------------------
 
 
@@ -248,6 +259,13 @@ def _status_kib(field_name: str) -> int:
     raise KeyError(field_name)
 
 
+def _release_free_heap() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to release
+        pass
+
+
 class PeakMemory:
     """Peak resident memory above the level at ``start()``, in MiB.
 
@@ -256,6 +274,10 @@ class PeakMemory:
     """
 
     def start(self) -> None:
+        # glibc keeps freed heap memory resident, and after a large block is
+        # freed it serves blocks up to 32 MiB from the heap. malloc_trim hands
+        # that memory back, so reusing it faults pages in and counts again.
+        _release_free_heap()
         with open("/proc/self/clear_refs", "w") as refs:
             refs.write("5")
         self.base_kib = _status_kib("VmRSS")
@@ -353,14 +375,15 @@ def _gptq_function(spec: Spec, w):
 
     ``run`` is what gets timed; ``dense`` turns its result into the
     dequantized float32 weights afterwards, outside the time and memory
-    measurement. ``h`` is a fresh float32 copy of the Hessian for every call,
-    because the peers consume theirs as the reference code does.
+    measurement. ``run`` gets a fresh float32 copy of the Hessian for every
+    call, because the peers consume theirs as the reference code does. Ours
+    gets it wrapped in an ``astro.Hessian``, as a caller that accumulated H
+    would hold it.
     """
     if spec.impl == "astro":
         astro = _import_astro()
 
-        def run(h):
-            hessian = astro.Hessian.from_matrix(h, HESSIAN_TOKENS)
+        def run(hessian):
             return astro.quantize_layer(
                 w, hessian, method="gptq", bits=spec.bits, group_size=spec.group_size,
                 static_groups=spec.static_groups, compute_error=False)
@@ -441,49 +464,66 @@ def _measure(run, make_argument, memory: PeakMemory, repeats: int):
     return best, best_cpu, peak, result
 
 
-def local_sgemm_rate(size: int, threads: int) -> float:
-    """sgemm GFLOP/s at ``min(size, 4096)`` measured now, best of 2 after a warm-up.
+def _best_rates(function, flops: float, repeats: int = 2) -> tuple[float, float]:
+    """Return (wall GFLOP/s, CPU-time GFLOP/s) of the fastest of ``repeats`` calls."""
+    function()
+    best_wall, best_cpu = math.inf, math.inf
+    for _ in range(repeats):
+        cpu = _cpu_seconds()
+        start = time.perf_counter()
+        function()
+        seconds = time.perf_counter() - start
+        if seconds < best_wall:
+            best_wall, best_cpu = seconds, _cpu_seconds() - cpu
+    return flops / best_wall / 1e9, flops / max(best_cpu, 1e-9) / 1e9
+
+
+def local_sgemm_rate(size: int, threads: int) -> tuple[float, float]:
+    """Return sgemm (wall, CPU-time) GFLOP/s at ``n = min(size, 2048)``, measured now.
 
     Taken in the same worker right before a case, so that both see the same
-    machine load.
+    machine load. The CPU-time rate is per process, all threads together.
     """
     import numpy as np
 
-    n = min(size, 4096)
+    n = min(size, 2048)
     blas = OpenBLAS()
     blas.set_num_threads(threads)
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     c = np.empty((n, n), dtype=np.float32)
-    blas.sgemm(a, b, c)
-    return 2.0 * n ** 3 / best_seconds(lambda: blas.sgemm(a, b, c), 2) / 1e9
+    return _best_rates(lambda: blas.sgemm(a, b, c), 2.0 * n ** 3)
 
 
-def local_ssyrk_rate(x, threads: int) -> float:
-    """ssyrk GFLOP/s on the batch ``x`` measured now, best of 2 after a warm-up."""
+def local_ssyrk_rate(x, threads: int) -> tuple[float, float]:
+    """Return ssyrk (wall, CPU-time) GFLOP/s on the batch ``x``, measured now."""
     import numpy as np
 
     blas = OpenBLAS()
     blas.set_num_threads(threads)
     c = np.empty((x.shape[1], x.shape[1]), dtype=np.float32)
-    blas.ssyrk(x, c)
-    seconds = best_seconds(lambda: blas.ssyrk(x, c), 2)
-    return float(x.shape[0]) * x.shape[1] ** 2 / seconds / 1e9
+    return _best_rates(lambda: blas.ssyrk(x, c), float(x.shape[0]) * x.shape[1] ** 2)
 
 
 def _run_gptq(spec: Spec, memory: PeakMemory) -> dict:
     w, h = cached_inputs(Path(spec.cache_dir), spec.out, spec.inp)
     run, dense = _gptq_function(spec, w)
+    if spec.impl == "astro":
+        astro = _import_astro()
+        make_hessian = lambda: astro.Hessian.from_matrix(h, HESSIAN_TOKENS)  # noqa: E731
+    else:
+        make_hessian = h.copy
     ceiling = local_sgemm_rate(spec.inp, spec.threads)
-    seconds, cpu, peak, result = _measure(run, h.copy, memory, spec.repeats)
+    seconds, cpu, peak, result = _measure(run, make_hessian, memory, spec.repeats)
     return {
         "seconds": seconds,
         "cpu_seconds": cpu,
         "peak_extra_mib": peak,
         "output_error": relative_output_error(w, dense(result), h),
         "flops": gptq_flops(spec.out, spec.inp),
-        "local_sgemm_gflops": ceiling,
+        "local_sgemm_gflops": ceiling[0],
+        "local_sgemm_cpu_gflops": ceiling[1],
         "inputs_mib": (w.nbytes + h.nbytes) / 2 ** 20,
     }
 
@@ -559,7 +599,8 @@ def _run_astro(spec: Spec, memory: PeakMemory) -> dict:
         "seconds": best,
         "cpu_seconds": cpu,
         "seconds_per_iteration": best / max(1, iterations),
-        "local_sgemm_gflops": ceiling,
+        "local_sgemm_gflops": ceiling[0],
+        "local_sgemm_cpu_gflops": ceiling[1],
         "peak_extra_mib": peak,
         "objective": objective,
         "objective_initial": initial,
@@ -641,8 +682,8 @@ def _run_hessian(spec: Spec, memory: PeakMemory) -> dict:
     """Feed ``spec.tokens`` tokens in CHUNK_TOKENS batches (the same batch each time).
 
     When the feed would pass ``spec.time_cap`` seconds, it stops early and the
-    time is scaled linearly to the full token count (every batch costs the
-    same); ``measured_tokens`` records how many tokens were really fed.
+    time is scaled linearly to the full token count, because every batch costs
+    the same. ``measured_tokens`` records how many tokens were really fed.
     """
     import numpy as np
 
@@ -686,7 +727,8 @@ def _run_hessian(spec: Spec, memory: PeakMemory) -> dict:
     return {
         "seconds": seconds * scale,
         "cpu_seconds": cpu * scale,
-        "local_ssyrk_gflops": ceiling,
+        "local_ssyrk_gflops": ceiling[0],
+        "local_ssyrk_cpu_gflops": ceiling[1],
         "measured_tokens": fed * chunk,
         "extrapolated": fed < batches,
         "peak_extra_mib": peak,
@@ -706,7 +748,7 @@ def run_worker(spec: Spec) -> dict:
     _set_threads(spec.threads, spec.impl)
     memory = PeakMemory()
     record = TASKS[spec.task](spec, memory)
-    record.update({"spec": asdict(spec), "label": spec.label()})
+    record.update({"spec": asdict(spec), "label": spec.label(), "core_build": core_build()})
     return record
 
 

@@ -4,7 +4,7 @@
     python benchmarks/run_all.py --full      # the whole grid, about 20 minutes idle
 
 Run it with an interpreter that can import the peers (``pip install
-.[bench]``, ideally in a separate virtual environment); peers that fail to
+.[bench]``, ideally in a separate virtual environment). Peers that fail to
 import are reported as absent and skipped. Every measurement runs in a fresh
 worker process (see bench_layer.py). Raw records go to
 ``benchmarks/out/results-<mode>.json``; ``--render FILE`` rewrites the page
@@ -37,6 +37,7 @@ BENCH_DIR = bench_layer.BENCH_DIR
 BEGIN_MARK = "<!-- layer-benchmarks:begin -->"
 END_MARK = "<!-- layer-benchmarks:end -->"
 
+TASKS = ("gptq", "rtn", "astro", "hessian")
 SQUARE_QUICK = (512, 1024, 2048)
 SQUARE_FULL = (512, 1024, 2048, 4096, 8192)
 # LLaMA-7B MLP projections as (out, in): up/gate 11008 x 4096, down 4096 x 11008.
@@ -107,7 +108,7 @@ def peer_availability() -> dict:
 
 
 def ours_entry_points() -> dict:
-    """Which of our entry points exist in this build."""
+    """Report which of our entry points this build has."""
     astro = bench_layer._import_astro()
     return {
         "quantize_layer": hasattr(astro, "quantize_layer"),
@@ -191,7 +192,7 @@ def load_average() -> list:
         return []
 
 
-def run(mode: str, threads: int, out_dir: Path) -> dict:
+def run(mode: str, threads: int, out_dir: Path, tasks: tuple = TASKS) -> dict:
     started = time.time()
     environment = {
         "mode": mode,
@@ -218,6 +219,9 @@ def run(mode: str, threads: int, out_dir: Path) -> dict:
     print(f"measuring the OpenBLAS ceiling with {threads} threads", flush=True)
     ceiling = measure_ceiling_subprocess(threads, mode)
     specs, notes = plan(mode, threads, ceiling, peers, ours, out_dir / "cache")
+    specs = [spec for spec in specs if spec.task in tasks]
+    if tuple(tasks) != TASKS:
+        notes.append(f"Tasks measured by this command: {', '.join(tasks)}.")
     records = []
     for index, spec in enumerate(specs, 1):
         case_start = time.time()
@@ -240,7 +244,7 @@ def run(mode: str, threads: int, out_dir: Path) -> dict:
 
 def measure_ceiling_subprocess(threads: int, mode: str) -> dict:
     """Measure the OpenBLAS rates in a worker with the thread variables set."""
-    sizes = "(512, 1024, 2048)" if mode == "quick" else "(512, 1024, 2048, 4096, 8192)"
+    sizes = "(512, 1024, 2048)" if mode == "quick" else "(512, 1024, 2048, 4096)"
     code = ("import json, sys; sys.path.insert(0, %r); import bench_layer; "
             "print(json.dumps(bench_layer.measure_ceiling(%d, sizes=%s)))"
             % (str(BENCH_DIR), threads, sizes))
@@ -295,6 +299,34 @@ def _ssyrk_rate(record: dict, ceiling: dict, inp: int) -> float:
     return record.get("local_ssyrk_gflops") or bench_layer.ceiling_rate(ceiling["ssyrk_gflops"], inp)
 
 
+def _fraction(record: dict, kind: str, wall_ceiling: float) -> str:
+    """Format the rate as a percentage of the ceiling, by wall time and by CPU time.
+
+    The CPU-time figure divides flops per CPU second by the ceiling's flops per
+    CPU second, both measured in the same worker. With one thread it is immune
+    to other processes sharing the core.
+    """
+    wall = record["flops"] / record["seconds"] / 1e9 / wall_ceiling
+    text = f"{100 * wall:.0f} %"
+    cpu_ceiling = record.get(f"local_{kind}_cpu_gflops")
+    if cpu_ceiling and record.get("cpu_seconds"):
+        cpu = record["flops"] / record["cpu_seconds"] / 1e9 / cpu_ceiling
+        text += f" ({100 * cpu:.0f} %)"
+    return text
+
+
+def _judged_fraction(record: dict, kind: str, wall_ceiling: float, threads: int) -> float:
+    """Fraction of the ceiling used to judge a target.
+
+    With one thread the CPU-time ratio is used, because it measures the work
+    done whatever else runs on the machine; with more threads, wall time.
+    """
+    cpu_ceiling = record.get(f"local_{kind}_cpu_gflops")
+    if threads == 1 and cpu_ceiling and record.get("cpu_seconds"):
+        return record["flops"] / record["cpu_seconds"] / 1e9 / cpu_ceiling
+    return record["flops"] / record["seconds"] / 1e9 / wall_ceiling
+
+
 def _ok(record) -> bool:
     return record is not None and "error" not in record
 
@@ -308,8 +340,10 @@ def gptq_section(result: dict, table: dict) -> list:
              "weights; static groups take all scales from the original weights (what "
              "llm-compressor does, so it is compared with our static run). "
              "GFLOP/s counts `out*in^2 + 2/3*in^3`; % sgemm divides it by the sgemm rate "
-             "measured in the same worker just before the case (n = min(in, 4096)), so both "
-             "see the same machine load. CPU is the process's user+system time. Peak is the resident memory added "
+             "measured in the same worker just before the case (n = min(in, 2048)), so both "
+             "see the same machine load; in brackets the same ratio by CPU time, which "
+             "other processes cannot inflate when one thread is used. CPU is the "
+             "process's user+system time. Peak is the resident memory added "
              "during the call, and `x(W+H)` adds the inputs to it, in units of the float32 "
              "size of W plus H. Error is the relative output error "
              "`tr(D H D^T) / tr(W H W^T)` on the same rows for every implementation.",
@@ -330,7 +364,7 @@ def gptq_section(result: dict, table: dict) -> list:
         lines.append(
             f"| {out} x {inp} | {IMPL_NAMES[impl]} | {'static' if static else 'dynamic'} | "
             f"{_fmt_seconds(record['seconds'])} | {_fmt_seconds(record['cpu_seconds'])} | "
-            f"{rate:.1f} | {100 * rate / sgemm:.0f} % | "
+            f"{rate:.1f} | {_fraction(record, 'sgemm', sgemm)} | "
             f"{record['peak_extra_mib']:.0f} | {total:.2f} | {record['output_error']:.5f} | {speedup} |")
     return lines
 
@@ -339,7 +373,10 @@ def _speedup(record: dict, ours) -> str:
     """Peer time over our time, or an empty cell when ours is missing or failed."""
     if not _ok(ours):
         return ""
-    return f"{record['seconds'] / ours['seconds']:.1f}x"
+    text = f"{record['seconds'] / ours['seconds']:.1f}x"
+    if record.get("cpu_seconds") and ours.get("cpu_seconds"):
+        text += f" ({record['cpu_seconds'] / ours['cpu_seconds']:.1f}x)"
+    return text
 
 
 def _ours(table, task, out, inp, tokens, static=False):
@@ -378,7 +415,9 @@ def astro_section(result: dict, table: dict) -> list:
              f"beta = {bench_layer.ASTRO_BETA:g} (normalized Hessian), group size 128, "
              f"{bench_layer.POWER_ITERATIONS} power iterations for lambda_max, both "
              "implementations from W0 with the same iteration count. One iteration is one "
-             "GEMM of `2*out*in^2` flops; the time includes the power iterations and setup. "
+             "GEMM of `2*out*in^2` flops; the time includes the power iterations, setup and "
+             "final statistics (ours computes the output change, two more GEMMs), so runs "
+             "of one or two iterations understate the per-iteration rate. "
              "The objective (on the error rows) is evaluated with one common lambda_max and "
              "alpha for both, so equal numbers mean the same iterates. % sgemm as in the GPTQ table.",
              "",
@@ -397,7 +436,7 @@ def astro_section(result: dict, table: dict) -> list:
         speedup = "" if impl.startswith("astro") else _speedup(record, table.get(("astro", "astro_core", out, inp, 0, False)))
         lines.append(
             f"| {out} x {inp} | {IMPL_NAMES[impl]} | {iterations} | "
-            f"{_fmt_seconds(record['seconds_per_iteration'])} | {rate:.1f} | {100 * rate / sgemm:.0f} % | "
+            f"{_fmt_seconds(record['seconds_per_iteration'])} | {rate:.1f} | {_fraction(record, 'sgemm', sgemm)} | "
             f"{record['peak_extra_mib']:.0f} | {record['objective_initial']:.6g} -> {record['objective']:.6g} | {speedup} |")
     return lines
 
@@ -429,7 +468,7 @@ def hessian_section(result: dict, table: dict) -> list:
         speedup = "" if impl.startswith("astro") else _speedup(record, _ours(table, "hessian", 0, inp, tokens))
         lines.append(
             f"| {inp} | {tokens} | {IMPL_NAMES[impl]} | {_fmt_seconds(record['seconds'])}{mark} | "
-            f"{rate:.1f} | {100 * rate / ssyrk:.0f} % | {record['peak_extra_mib']:.0f} | "
+            f"{rate:.1f} | {_fraction(record, 'ssyrk', ssyrk)} | {record['peak_extra_mib']:.0f} | "
             f"{record['max_relative_deviation']:.1e} | {speedup} |")
     return lines
 
@@ -437,36 +476,47 @@ def hessian_section(result: dict, table: dict) -> list:
 def targets_section(result: dict, table: dict) -> list:
     """Check the performance targets against the 4096 x 4096 (or largest) case."""
     ceiling = result["ceiling"]
+    threads = result["environment"]["threads"]
     square = sorted(key[3] for key in table if key[0] == "gptq" and key[2] == key[3])
-    size = 4096 if 4096 in square else (square[-1] if square else None)
+    size = None
+    if 4096 in square:
+        size = 4096
+    elif square:
+        size = square[-1]
     lines = ["### Targets", ""]
     if size is None:
         return lines + ["No GPTQ case ran."]
     lines += [f"Measured on the {size} x {size} layer (4096 x 4096 is the target's size"
-              + ("" if size == 4096 else "; this run did not include it") + ").", "",
+              + ("" if size == 4096 else "; this run did not include it") + "). "
+              "Percentages are by wall time, in brackets by CPU time; ratios likewise. "
+              + ("With one thread, \"met\" judges the CPU-time figures, which other "
+                 "processes on the machine cannot inflate." if threads == 1 else
+                 "\"Met\" judges the wall-time figures."), "",
               "| target | measured | met |", "|---|---|---|"]
     ours = _ours(table, "gptq", size, size, 0)
     if _ok(ours):
-        fraction = ours["flops"] / ours["seconds"] / 1e9 / _sgemm_rate(ours, ceiling, size)
-        lines.append(f"| GPTQ >= 50 % of sgemm | {100 * fraction:.0f} % | {'yes' if fraction >= 0.5 else 'no'} |")
+        fraction = _judged_fraction(ours, "sgemm", _sgemm_rate(ours, ceiling, size), threads)
+        lines.append(f"| GPTQ >= 50 % of sgemm | {_fraction(ours, 'sgemm', _sgemm_rate(ours, ceiling, size))} | {'yes' if fraction >= 0.5 else 'no'} |")
         for peer, static in (("reference", False), ("llmcompressor", True)):
             record = table.get(("gptq", peer, size, size, 0, static))
             mine = _ours(table, "gptq", size, size, 0, static)
             if _ok(record) and _ok(mine):
                 ratio = record["seconds"] / mine["seconds"]
-                lines.append(f"| GPTQ >= 5x faster than {IMPL_NAMES[peer]} | {ratio:.1f}x | {'yes' if ratio >= 5 else 'no'} |")
+                if threads == 1 and record.get("cpu_seconds") and mine.get("cpu_seconds"):
+                    ratio = record["cpu_seconds"] / mine["cpu_seconds"]
+                lines.append(f"| GPTQ >= 5x faster than {IMPL_NAMES[peer]} | {_speedup(record, mine)} | {'yes' if ratio >= 5 else 'no'} |")
         total = (ours["peak_extra_mib"] + ours["inputs_mib"]) / ours["inputs_mib"]
         lines.append(f"| GPTQ peak memory <= 3 x (W + H), inputs included | {total:.2f} x | {'yes' if total <= 3 else 'no'} |")
 
     tokens = max((key[4] for key in table if key[0] == "hessian" and key[3] == size), default=None)
     hessian = _ours(table, "hessian", 0, size, tokens) if tokens else None
     if _ok(hessian):
-        fraction = hessian["flops"] / hessian["seconds"] / 1e9 / _ssyrk_rate(hessian, ceiling, size)
-        lines.append(f"| H accumulation >= 80 % of ssyrk ({tokens} tokens) | {100 * fraction:.0f} % | {'yes' if fraction >= 0.8 else 'no'} |")
+        fraction = _judged_fraction(hessian, "ssyrk", _ssyrk_rate(hessian, ceiling, size), threads)
+        lines.append(f"| H accumulation >= 80 % of ssyrk ({tokens} tokens) | {_fraction(hessian, 'ssyrk', _ssyrk_rate(hessian, ceiling, size))} | {'yes' if fraction >= 0.8 else 'no'} |")
     astro = table.get(("astro", "astro_core", size, size, 0, False))
     if _ok(astro):
-        fraction = astro["flops"] / astro["seconds"] / 1e9 / _sgemm_rate(astro, ceiling, size)
-        lines.append(f"| Astro iteration >= 80 % of sgemm | {100 * fraction:.0f} % | {'yes' if fraction >= 0.8 else 'no'} |")
+        fraction = _judged_fraction(astro, "sgemm", _sgemm_rate(astro, ceiling, size), threads)
+        lines.append(f"| Astro iteration >= 80 % of sgemm | {_fraction(astro, 'sgemm', _sgemm_rate(astro, ceiling, size))} | {'yes' if fraction >= 0.8 else 'no'} |")
     lines.append("| Astro reaches the 200-iteration objective in <= 1/3 of the GEMMs | see the solver section (bench_astro.py) | |")
     return lines
 
@@ -506,6 +556,11 @@ def environment_section(result: dict) -> list:
         f"channel scales and outlier channels; H from {bench_layer.HESSIAN_TOKENS} tokens. "
         f"Errors use up to {bench_layer.ERROR_ROWS} evenly spaced rows.",
     ]
+    builds = sorted({record["core_build"] for record in result["records"]
+                     if record["spec"]["impl"].startswith("astro") and "core_build" in record})
+    if len(builds) > 1:
+        lines.append(f"- The extension was rebuilt during the run: our records come from "
+                     f"{len(builds)} builds ({', '.join(builds)}, SHA-256 prefixes).")
     absent = [IMPL_NAMES[name] for name, ok in env["peers"].items() if not ok]
     if absent:
         lines.append(f"- Not measured (failed to import): {', '.join(absent)}.")
@@ -627,14 +682,49 @@ def main(argv=None) -> int:
                         help="page to write (default benchmarks/RESULTS.md)")
     parser.add_argument("--render", type=Path, metavar="JSON",
                         help="rewrite the page from a results JSON file without measuring")
+    parser.add_argument("--tasks", default=",".join(TASKS),
+                        help=f"comma-separated subset of {','.join(TASKS)} to measure (default all)")
+    parser.add_argument("--merge", type=Path, metavar="JSON",
+                        help="start from the records of an earlier results JSON file; "
+                             "cases measured now replace the earlier ones")
     args = parser.parse_args(argv)
+    tasks = tuple(task.strip() for task in args.tasks.split(",") if task.strip())
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        parser.error(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
 
     if args.render:
         result = json.loads(args.render.read_text())
     else:
-        result = run(args.mode or "quick", args.threads, args.out)
+        result = run(args.mode or "quick", args.threads, args.out, tasks)
+    if args.merge:
+        result = merge_results(json.loads(args.merge.read_text()), result)
+        merged_path = args.out / f"results-{result['environment']['mode']}-merged.json"
+        merged_path.write_text(json.dumps(result, indent=1))
+        print(f"merged records written to {merged_path}")
     render(result, args.results)
     return 0
+
+
+def merge_results(earlier: dict, newer: dict) -> dict:
+    """Combine two runs: newer records replace earlier ones of the same case.
+
+    The page then shows the newer run's environment and ceiling, and a note
+    names the command and date of the earlier records that were kept.
+    """
+    newer_keys = set(index_records(newer["records"]))
+    kept = [record for key, record in index_records(earlier["records"]).items()
+            if key not in newer_keys]
+    merged = dict(newer)
+    merged["records"] = kept + newer["records"]
+    if kept:
+        env = earlier["environment"]
+        tasks = sorted({record["spec"]["task"] for record in kept})
+        merged["notes"] = list(newer["notes"]) + [
+            f"Records of {', '.join(tasks)} kept from an earlier run: `{env['command']}` "
+            f"on {env['date']} at commit {env['commit']}, {env['threads']} thread(s), "
+            f"load average {env['load_average_start']}."]
+    return merged
 
 
 if __name__ == "__main__":
