@@ -720,7 +720,8 @@ def merge_results(earlier: dict, newer: dict) -> dict:
     if kept:
         env = earlier["environment"]
         tasks = sorted({record["spec"]["task"] for record in kept})
-        merged["notes"] = list(newer["notes"]) + [
+        earlier_merges = [note for note in earlier.get("notes", []) if " kept from " in note]
+        merged["notes"] = list(newer["notes"]) + earlier_merges + [
             f"Records of {', '.join(tasks)} kept from an earlier run: `{env['command']}` "
             f"on {env['date']} at commit {env['commit']}, {env['threads']} thread(s), "
             f"load average {env['load_average_start']}."]
