@@ -1,7 +1,7 @@
 """Streaming accumulation of the layer Hessian H = (2/n) X^T X."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +28,10 @@ class Hessian:
             raise ValueError(f"in_features must be >= 1, got {in_features}")
         self.in_features = int(in_features)
         require_memory(4 * self.in_features**2, f"a Hessian for in_features={in_features}")
+        # One buffer: syrk updates its upper triangle, and `matrix` mirrors that
+        # onto the lower one in place when asked, so H is never held twice.
         self._upper = np.zeros((self.in_features, self.in_features), dtype=np.float32)
-        self._matrix: Optional[np.ndarray] = None
+        self._symmetric = True
         self.num_samples = 0
 
     @classmethod
@@ -45,7 +47,7 @@ class Hessian:
         hessian = cls.__new__(cls)
         hessian.in_features = h32.shape[0]
         hessian._upper = h32.copy()
-        hessian._matrix = None
+        hessian._symmetric = False
         hessian.num_samples = int(num_samples)
         return hessian
 
@@ -69,8 +71,8 @@ class Hessian:
         for start in range(0, rows.shape[0], _CHUNK_ROWS):
             chunk = np.ascontiguousarray(rows[start:start + _CHUNK_ROWS], dtype=np.float32)
             check_finite(chunk, "X")
+            self._symmetric = False
             self.num_samples = _core.hessian_update(self._upper, self.num_samples, chunk)
-        self._matrix = None
         # |H_ij| <= sqrt(H_ii H_jj), so a finite diagonal means a finite H.
         if not np.isfinite(np.diagonal(self._upper)).all():
             raise ValueError(
@@ -98,13 +100,17 @@ class Hessian:
 
     @property
     def matrix(self) -> np.ndarray:
-        """H as a full symmetric float32 (in, in) array (read-only view)."""
-        if self._matrix is None:
-            full = self._upper.copy()
-            _core.hessian_symmetrize(full)
-            full.setflags(write=False)
-            self._matrix = full
-        return self._matrix
+        """H as a full symmetric float32 (in, in) array (a read-only view).
+
+        The view shares memory with the accumulator, so a later update()
+        changes it; copy it to keep a snapshot.
+        """
+        if not self._symmetric:
+            _core.hessian_symmetrize(self._upper)
+            self._symmetric = True
+        view = self._upper.view()
+        view.setflags(write=False)
+        return view
 
     @property
     def nbytes(self) -> int:

@@ -143,7 +143,7 @@ def _check_method(method: Any) -> str:
 
 
 def _layer_memory(out: int, in_: int) -> int:
-    # W and W^T work copies, dequantized output, codes, two H copies (f32).
+    # float32 W, W^T and dequantized copies, H and its factor, two uint8 codes.
     return 4 * (3 * out * in_ + 2 * in_ * in_) + 2 * out * in_
 
 
@@ -213,7 +213,7 @@ def quantize_layer(
     else:
         codes, scales, zeros, g_idx, dequant, gptq_stats = _core.gptq(
             target, h, bits, group_size, sym, mse, act_order, static_groups,
-            damp, damp_max, block_size, True,
+            damp, damp_max, block_size, compute_error,
         )
         stats.update(gptq_stats)
         if gptq_stats["rtn_fallback"]:
