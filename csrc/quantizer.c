@@ -235,6 +235,86 @@ void astro_transpose_u8(const uint8_t *src, int64_t rows, int64_t cols,
     TRANSPOSE_BODY(src, rows, cols, dst)
 }
 
+/* Lanes of the min/max scan in rtn_row(): independent running extremes that
+ * the compiler keeps in one vector register. */
+#define RTN_LANES 8
+
+/* RTN of one row without the MSE search: the same rules as
+ * astro_quant_find_params() and astro_quant_line(), computed along the row
+ * so that W needs no transpose. Returns 1 when a group's range is wider than
+ * ASTRO_MAX_RANGE (rule 4), else 0. */
+static int rtn_row(int bits, int sym, const float *w, int64_t in,
+                    int64_t group_size, int64_t groups, uint8_t *codes,
+                    float *scales, float *zeros, float *dequant)
+{
+    const float maxq = (float)((1 << bits) - 1);
+    int too_wide = 0;
+
+    for (int64_t g = 0; g < groups; g++) {
+        const int64_t c0 = g * group_size;
+        const int64_t count = c0 + group_size < in ? group_size : in - c0;
+        const float *x = w + c0;
+
+        /* Rule 1, in lanes: the range starts at [0, 0]. */
+        float lo[RTN_LANES] = {0}, hi[RTN_LANES] = {0};
+        int64_t j = 0;
+        for (; j + RTN_LANES <= count; j += RTN_LANES)
+            for (int k = 0; k < RTN_LANES; k++) {
+                lo[k] = x[j + k] < lo[k] ? x[j + k] : lo[k];
+                hi[k] = x[j + k] > hi[k] ? x[j + k] : hi[k];
+            }
+        for (; j < count; j++) {
+            lo[0] = x[j] < lo[0] ? x[j] : lo[0];
+            hi[0] = x[j] > hi[0] ? x[j] : hi[0];
+        }
+        float xmin = 0.0f, xmax = 0.0f;
+        for (int k = 0; k < RTN_LANES; k++) {
+            xmin = lo[k] < xmin ? lo[k] : xmin;
+            xmax = hi[k] > xmax ? hi[k] : xmax;
+        }
+
+        const float m = -xmin > xmax ? -xmin : xmax;
+        const float width = sym ? 2.0f * m : xmax - xmin;
+        too_wide |= !(width <= ASTRO_MAX_RANGE);
+
+        float scale, zero;
+        finalize_params(sym, maxq, xmin, xmax, &scale, &zero);
+        scales[g] = scale;
+        zeros[g] = zero;
+
+        for (int64_t c = 0; c < count; c++) {
+            float code = round_half_even(x[c] / scale) + zero;
+            code = code > 0.0f ? code : 0.0f;
+            code = code < maxq ? code : maxq;
+            codes[c0 + c] = (uint8_t)code;
+            if (dequant != NULL)
+                dequant[c0 + c] = scale * (code - zero);
+        }
+    }
+    return too_wide;
+}
+
+/* RTN row by row, rows split across threads; returns NON_FINITE when a row's
+ * range is too wide (rule 4). */
+static astro_status rtn_by_rows(const astro_quant_params *params,
+                                const float *w, int64_t out, int64_t in,
+                                uint8_t *codes, float *scales, float *zeros,
+                                float *dequant)
+{
+    const int64_t group_size = params->group_size > 0 ? params->group_size : in;
+    const int64_t groups = astro_num_groups(in, params->group_size);
+    int too_wide = 0;
+
+#pragma omp parallel for num_threads(astro_get_num_threads()) \
+    if (out * in >= (1 << 16)) reduction(| : too_wide) schedule(static)
+    for (int64_t r = 0; r < out; r++)
+        too_wide |= rtn_row(params->bits, params->sym, w + r * in, in,
+                            group_size, groups, codes + r * in,
+                            scales + r * groups, zeros + r * groups,
+                            dequant != NULL ? dequant + r * in : NULL);
+    return too_wide ? ASTRO_STATUS_NON_FINITE : ASTRO_STATUS_OK;
+}
+
 astro_status astro_rtn(const astro_quant_params *params, const float *w,
                        int64_t out, int64_t in, uint8_t *codes, float *scales,
                        float *zeros, float *dequant)
@@ -250,7 +330,10 @@ astro_status astro_rtn(const astro_quant_params *params, const float *w,
         return ASTRO_STATUS_OK;
     if (!astro_all_finite(w, out * in))
         return ASTRO_STATUS_NON_FINITE;
+    if (!params->mse)
+        return rtn_by_rows(params, w, out, in, codes, scales, zeros, dequant);
 
+    /* The MSE search runs on W^T, one weight column per line. */
     const int64_t group_size = params->group_size > 0 ? params->group_size : in;
     const int64_t groups = astro_num_groups(in, params->group_size);
     float *wt = astro_alloc(in * out + 2 * out, sizeof(float));
