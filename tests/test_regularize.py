@@ -317,8 +317,11 @@ def real_layers():
 
 def test_fista_reaches_plain_objective_in_a_third(real_layers):
     # The plain method's objective after 200 steps, reached by FISTA within
-    # 66 steps (one GEMM each) on every layer.
+    # 66 steps (one GEMM each). The 384 x 384 layers keep the test short;
+    # benchmarks/bench_astro.py --minilm measures every layer.
     for name, (w0, hessian) in real_layers.items():
+        if w0.shape != (384, 384):
+            continue
         h = hessian.matrix
         plain = core_solve(w0, h, 1e-4, 128, 200, solver=0)[2]
         fista = core_solve(w0, h, 1e-4, 128, 66, solver=1)[2]
@@ -328,11 +331,12 @@ def test_fista_reaches_plain_objective_in_a_third(real_layers):
 
 @pytest.mark.parametrize("bits,group_size", [(3, 128), (2, 64)])
 def test_astro_beats_gptq_on_real_layers(real_layers, bits, group_size):
-    # With the default beta, Astro+GPTQ has a lower output error than GPTQ
-    # alone on each of these layers (measured margins: 3 % to 35 %).
+    # With the default settings, Astro+GPTQ lowers the output error of GPTQ
+    # by at least 5 % on each of these layers. Measured: 16 % to 29 % here,
+    # and 5 % to 30 % over all 36 encoder layers at both settings.
     for name, (w0, hessian) in real_layers.items():
         gptq = astro.quantize_layer(w0, hessian, bits=bits, group_size=group_size,
                                     method="gptq")
         guided = astro.quantize_layer(w0, hessian, bits=bits, group_size=group_size,
                                       method="astro")
-        assert guided.stats["output_error"] < gptq.stats["output_error"], name
+        assert guided.stats["output_error"] < 0.95 * gptq.stats["output_error"], name
