@@ -25,6 +25,8 @@ typedef int astro_blas_int;
 enum { ASTRO_CBLAS_ROW_MAJOR = 101, ASTRO_CBLAS_COL_MAJOR = 102 };
 enum { ASTRO_CBLAS_NO_TRANS = 111, ASTRO_CBLAS_TRANS = 112 };
 enum { ASTRO_CBLAS_UPPER = 121, ASTRO_CBLAS_LOWER = 122 };
+enum { ASTRO_CBLAS_NON_UNIT = 131, ASTRO_CBLAS_UNIT = 132 };
+enum { ASTRO_CBLAS_LEFT = 141, ASTRO_CBLAS_RIGHT = 142 };
 
 /* CBLAS, declared with plain ints for the enums (same ABI as the header). */
 void ASTRO_BLAS(cblas_sgemm)(int order, int trans_a, int trans_b,
@@ -46,6 +48,14 @@ void ASTRO_BLAS(cblas_sgemv)(int order, int trans, astro_blas_int m,
                              astro_blas_int lda, const float *x,
                              astro_blas_int incx, float beta, float *y,
                              astro_blas_int incy);
+void ASTRO_BLAS(cblas_strsm)(int order, int side, int uplo, int trans_a,
+                             int diag, astro_blas_int m, astro_blas_int n,
+                             float alpha, const float *a, astro_blas_int lda,
+                             float *b, astro_blas_int ldb);
+void ASTRO_BLAS(cblas_strmm)(int order, int side, int uplo, int trans_a,
+                             int diag, astro_blas_int m, astro_blas_int n,
+                             float alpha, const float *a, astro_blas_int lda,
+                             float *b, astro_blas_int ldb);
 void ASTRO_BLAS(openblas_set_num_threads)(int num_threads);
 
 /* LAPACK (Fortran interface, column-major; trailing hidden string lengths). */
@@ -61,6 +71,8 @@ void ASTRO_BLAS(strtri_)(const char *uplo, const char *diag,
 #define astro_ssyrk ASTRO_BLAS(cblas_ssyrk)
 #define astro_sger ASTRO_BLAS(cblas_sger)
 #define astro_sgemv ASTRO_BLAS(cblas_sgemv)
+#define astro_strsm ASTRO_BLAS(cblas_strsm)
+#define astro_strmm ASTRO_BLAS(cblas_strmm)
 #define astro_openblas_set_num_threads ASTRO_BLAS(openblas_set_num_threads)
 #define astro_spotrf ASTRO_BLAS(spotrf_)
 #define astro_strtri ASTRO_BLAS(strtri_)

@@ -14,7 +14,8 @@
  *   4. Damping: H += lambda I with lambda = damp * mean(diag H); when the
  *      Cholesky factorization fails, retry from step 1 with damp x 10 until
  *      damp exceeds damp_max.
- *   5. Hinv = U^T U with U upper triangular. Rather than inverting H and
+ *   5. Hinv = U^T U with U upper triangular (both steps run in panels of
+ *      FACTOR_PANEL columns so that the cancel hook runs between panels). Rather than inverting H and
  *      factoring the inverse, factor the reversed matrix J H J = L L^T
  *      (J reverses index order) and invert L: then U = J L^-1 J is upper
  *      triangular with positive diagonal and U^T U = H^-1, so U is exactly the
@@ -150,14 +151,84 @@ static void sort_by_diag_desc(const float *h, int64_t in, int64_t *perm,
     }
 }
 
-/* Step 4-5 on work->hw, already permuted: damps, factors and inverts.
- * Returns NOT_POSITIVE_DEFINITE when potrf fails. */
+/* Columns per panel of the blocked factorization and inverse below: the
+ * cancel hook runs after each panel, so a large layer can be interrupted
+ * within a fraction of a second instead of after a whole potrf or trtri. */
+#define FACTOR_PANEL 512
+
+/* Factors the column-major n x n matrix a = R^T R in place (upper R), one
+ * panel at a time: potrf on the diagonal block, trsm for the block row, syrk
+ * for the trailing matrix. */
+static astro_status blocked_cholesky(float *a, astro_blas_int n,
+                                     const astro_cancel *cancel)
+{
+    for (astro_blas_int k = 0; k < n; k += FACTOR_PANEL) {
+        const astro_blas_int kb = n - k < FACTOR_PANEL ? n - k : FACTOR_PANEL;
+        const astro_blas_int rest = n - k - kb;
+        float *diag = a + k + (size_t)k * n;
+        astro_blas_int info = 0;
+
+        astro_spotrf("U", &kb, diag, &n, &info, 1);
+        if (info > 0)
+            return ASTRO_STATUS_NOT_POSITIVE_DEFINITE;
+        if (info < 0)
+            return ASTRO_STATUS_LAPACK_ERROR;
+        if (rest > 0) {
+            float *row = a + k + (size_t)(k + kb) * n;
+            float *trailing = a + (k + kb) + (size_t)(k + kb) * n;
+            astro_strsm(ASTRO_CBLAS_COL_MAJOR, ASTRO_CBLAS_LEFT,
+                        ASTRO_CBLAS_UPPER, ASTRO_CBLAS_TRANS,
+                        ASTRO_CBLAS_NON_UNIT, kb, rest, 1.0f, diag, n, row, n);
+            astro_ssyrk(ASTRO_CBLAS_COL_MAJOR, ASTRO_CBLAS_UPPER,
+                        ASTRO_CBLAS_TRANS, rest, kb, -1.0f, row, n, 1.0f,
+                        trailing, n);
+        }
+        if (astro_cancel_requested(cancel))
+            return ASTRO_STATUS_INTERRUPTED;
+    }
+    return ASTRO_STATUS_OK;
+}
+
+/* Inverts the column-major upper triangular R in place, one panel of
+ * columns at a time: with the leading block already inverted,
+ * [A11 A12; 0 A22]^-1 has A12 <- -A11^-1 A12 A22^-1 (trmm, then trsm) and
+ * A22 <- A22^-1 (trtri). */
+static astro_status blocked_triangular_inverse(float *a, astro_blas_int n,
+                                               const astro_cancel *cancel)
+{
+    for (astro_blas_int j = 0; j < n; j += FACTOR_PANEL) {
+        const astro_blas_int jb = n - j < FACTOR_PANEL ? n - j : FACTOR_PANEL;
+        float *diag = a + j + (size_t)j * n;
+        astro_blas_int info = 0;
+
+        if (j > 0) {
+            float *column = a + (size_t)j * n;
+            astro_strmm(ASTRO_CBLAS_COL_MAJOR, ASTRO_CBLAS_LEFT,
+                        ASTRO_CBLAS_UPPER, ASTRO_CBLAS_NO_TRANS,
+                        ASTRO_CBLAS_NON_UNIT, j, jb, 1.0f, a, n, column, n);
+            astro_strsm(ASTRO_CBLAS_COL_MAJOR, ASTRO_CBLAS_RIGHT,
+                        ASTRO_CBLAS_UPPER, ASTRO_CBLAS_NO_TRANS,
+                        ASTRO_CBLAS_NON_UNIT, j, jb, -1.0f, diag, n, column,
+                        n);
+        }
+        astro_strtri("U", "N", &jb, diag, &n, &info, 1, 1);
+        if (info > 0)
+            return ASTRO_STATUS_NOT_POSITIVE_DEFINITE;
+        if (info < 0)
+            return ASTRO_STATUS_LAPACK_ERROR;
+        if (astro_cancel_requested(cancel))
+            return ASTRO_STATUS_INTERRUPTED;
+    }
+    return ASTRO_STATUS_OK;
+}
+
+/* Steps 4-5 on work->hw, already permuted: damps, factors and inverts.
+ * Returns NOT_POSITIVE_DEFINITE when the factorization fails. */
 static astro_status inverse_factor(float *hw, int64_t in, double lambda,
                                    const astro_cancel *cancel)
 {
     const int64_t total = in * in;
     const astro_blas_int n = (astro_blas_int)in;
-    astro_blas_int info = 0;
 
     for (int64_t i = 0; i < in; i++)
         hw[i * in + i] += (float)lambda;
@@ -169,20 +240,13 @@ static astro_status inverse_factor(float *hw, int64_t in, double lambda,
         hw[b] = t;
     }
 
-    /* Column-major 'U' on a row-major buffer is the row-major lower factor:
-     * J H J = L L^T, then L <- L^-1. */
-    astro_spotrf("U", &n, hw, &n, &info, 1);
-    if (info > 0)
-        return ASTRO_STATUS_NOT_POSITIVE_DEFINITE;
-    if (info < 0)
-        return ASTRO_STATUS_LAPACK_ERROR;
-    if (astro_cancel_requested(cancel))
-        return ASTRO_STATUS_INTERRUPTED;
-    astro_strtri("U", "N", &n, hw, &n, &info, 1, 1);
-    if (info > 0)
-        return ASTRO_STATUS_NOT_POSITIVE_DEFINITE;
-    if (info < 0)
-        return ASTRO_STATUS_LAPACK_ERROR;
+    /* The column-major upper factor of a row-major buffer is the row-major
+     * lower factor: J H J = L L^T, then L <- L^-1. */
+    astro_status status = blocked_cholesky(hw, n, cancel);
+    if (status == ASTRO_STATUS_OK)
+        status = blocked_triangular_inverse(hw, n, cancel);
+    if (status != ASTRO_STATUS_OK)
+        return status;
 
     /* U = J L^-1 J, then clear the strict lower triangle (stale H values). */
     for (int64_t a = 0, b = total - 1; a < b; a++, b--) {

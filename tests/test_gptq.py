@@ -92,7 +92,7 @@ def test_gptq_diagonal_hessian_equals_rtn_exactly():
         np.testing.assert_array_equal(zeros, r_zeros)
 
 
-@pytest.mark.parametrize("bits,gs,sym", itertools.product((2, 3, 4, 8), (-1, 8, 24), (False, True)))
+@pytest.mark.parametrize("bits,gs,sym", list(itertools.product((2, 3, 4, 8), (-1, 8, 24), (False, True))))
 def test_rtn_matches_reference_exactly(bits, gs, sym):
     rng = np.random.default_rng(bits + gs)
     w = (rng.standard_normal((11, 48)) * rng.uniform(0.01, 10, (11, 1))).astype(np.float32)

@@ -10,7 +10,7 @@ from astro import _core
 import reference as ref
 
 
-@pytest.mark.parametrize("bits,out,in_", itertools.product((2, 3, 4, 8), (1, 5), (32, 64, 96, 7)))
+@pytest.mark.parametrize("bits,out,in_", list(itertools.product((2, 3, 4, 8), (1, 5), (32, 64, 96, 7))))
 def test_pack_rows_matches_bit_stream(bits, out, in_):
     rng = np.random.default_rng(bits * 100 + in_)
     codes = rng.integers(0, 2**bits, (out, in_), dtype=np.uint8)
@@ -33,7 +33,7 @@ def test_three_bit_values_cross_word_boundaries():
     assert packed[2, 0] == 0
 
 
-@pytest.mark.parametrize("bits,fmt", itertools.product((2, 3, 4, 8), ("v1", "v2")))
+@pytest.mark.parametrize("bits,fmt", list(itertools.product((2, 3, 4, 8), ("v1", "v2"))))
 def test_pack_zeros_round_trip(bits, fmt):
     rng = np.random.default_rng(bits)
     zeros = rng.integers(0, 2**bits, (3, 64)).astype(np.float32)
@@ -47,7 +47,7 @@ def test_pack_zeros_round_trip(bits, fmt):
     np.testing.assert_array_equal(_core.unpack_zeros(packed, 64, bits, offset), zeros)
 
 
-@pytest.mark.parametrize("bits,fmt,act_order", itertools.product((2, 3, 4, 8), ("v1", "v2"), (False, True)))
+@pytest.mark.parametrize("bits,fmt,act_order", list(itertools.product((2, 3, 4, 8), ("v1", "v2"), (False, True))))
 def test_layer_pack_unpack_round_trip(bits, fmt, act_order):
     rng = np.random.default_rng(bits)
     w = rng.standard_normal((48, 64)).astype(np.float32)
