@@ -60,11 +60,14 @@ def get_num_threads() -> int:
 # names load on first use and `import astro` works without them.
 _LAZY = {
     "quantize_model": "pipeline",
+    "ModelQuantization": "pipeline",
     "save_quantized": "checkpoint",
     "load_quantized": "checkpoint",
+    "QuantLinear": "checkpoint",
     "load_model": "models",
     "perplexity": "evaluate",
     "fetch_assets": "assets",
+    "minilm_dir": "assets",
 }
 
 
