@@ -14,6 +14,20 @@ import logging
 import os
 
 
+def _set_thread_wait_defaults() -> None:
+    """Make idle OpenBLAS and OpenMP worker threads sleep instead of spin.
+
+    The core alternates OpenBLAS calls with its own OpenMP loops, and the
+    model pipeline alternates both with torch. A pool whose idle workers spin
+    takes the cores the next pool needs: quantizing 4 blocks of SmolLM2-135M
+    with GPTQ took 11.7 s with the spinning defaults and 5.4 s with these, on
+    2 cores. Both variables are read when each library starts, so they are set
+    here, before either loads, and only where the user has not set them.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+
 def _preload_openblas() -> None:
     """Load the scipy-openblas32 library globally before the C extension.
 
@@ -29,6 +43,7 @@ def _preload_openblas() -> None:
     ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
 
 
+_set_thread_wait_defaults()
 _preload_openblas()
 
 from . import _core  # noqa: E402
