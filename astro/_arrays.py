@@ -2,7 +2,7 @@
 
 Every public function funnels arrays through here, so that a bad input is
 rejected once, in Python, with a message that names the argument, the value
-and the fix. The C core then only sees float32 C-contiguous buffers.
+and the fix. The C core then receives only float32 C-contiguous buffers.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def to_numpy(value: Any, name: str) -> np.ndarray:
 
 
 def check_finite(array: np.ndarray, name: str) -> None:
-    """Raise ValueError if the array holds NaN or Inf, naming the first one."""
+    """Raise ValueError if the array contains NaN or Inf, naming the first one."""
     finite = np.isfinite(array)
     if not finite.all():
         bad = np.argwhere(~finite)

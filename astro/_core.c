@@ -9,7 +9,7 @@
  *
  * Long calls poll for Ctrl-C through the core's cancel hook: the hook takes
  * the GIL at most every 50 ms, runs PyErr_CheckSignals() and, when a handler
- * raised, keeps the exception and asks the core to stop.
+ * raised, keeps the exception and tells the core to stop.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -9,7 +9,7 @@
  * Conventions shared by every function here:
  *   - Matrices are float32, row-major and contiguous unless a stride is given.
  *   - The caller owns every buffer. No function keeps a pointer after return.
- *   - Functions return an astro_status. On failure the output buffers hold
+ *   - Functions return an astro_status. On failure the output buffers contain
  *     unspecified values but nothing is leaked and inputs marked const are
  *     untouched. The core never prints, never aborts and never exits.
  *   - Functions are reentrant: two threads may call them at once on
@@ -75,8 +75,8 @@ int astro_get_num_threads(void);
 /*
  * Folds a batch of `tokens` input rows into the running Hessian.
  *
- *   h        in x in, row-major, holds H over the `*num_samples` rows seen so
- *            far. On return it holds H over num_samples + tokens rows:
+ *   h        in x in, row-major, contains H over the `*num_samples` rows seen so
+ *            far. On return it contains H over num_samples + tokens rows:
  *            H <- H * n_old / n_new + (2 / n_new) X^T X, computed with syrk.
  *            Only the upper triangle (row-major) is written; call
  *            astro_hessian_symmetrize() before handing h to other functions.

@@ -260,7 +260,8 @@ static astro_status inverse_factor(float *hw, int64_t in, double lambda,
 }
 
 /* Moves row i of data (rows x row_bytes) to row dest[i], in place, by
- * following the permutation's cycles. tmp holds 2 rows; mark holds rows. */
+ * following the permutation's cycles. tmp has room for 2 rows
+ * and mark for `rows` flags. */
 static void permute_rows(void *data, int64_t rows, size_t row_bytes,
                          const int64_t *dest, uint8_t *tmp, uint8_t *mark)
 {
@@ -523,7 +524,8 @@ static astro_status gptq_check(const astro_gptq_params *params, const float *w,
 }
 
 /* Every column dead: the layer saw no input, so GPTQ has nothing to weigh
- * and RTN of the original weights is the honest answer. */
+ * and RTN of the original weights is the
+ * faithful result. */
 static astro_status rtn_fallback(const astro_gptq_params *params,
                                  const float *w, int64_t out, int64_t in,
                                  uint8_t *codes, float *scales, float *zeros,

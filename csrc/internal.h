@@ -9,7 +9,7 @@
 
 #include "astro.h"
 
-/* Returns 1 when the caller's cancel hook asks to stop. */
+/* Returns 1 when the caller's cancel hook requests a stop. */
 int astro_cancel_requested(const astro_cancel *cancel);
 
 /* Allocates count elements of size bytes, or NULL on overflow or failure. */

@@ -15,7 +15,7 @@ from astro import assets
 
 
 def minilm_layer_inputs(name="encoder.layer.0.intermediate.dense", tokens=4096):
-    """Return the layer's weight and the inputs it sees on real text."""
+    """Return the layer's weight and its inputs on real text."""
     model_dir = assets.minilm_dir()
     text = assets.text_path("wiki").read_text(encoding="utf-8")[:200_000]
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))

@@ -99,7 +99,8 @@ def test_repr_and_html_summary():
     text = repr(q)
     assert text.startswith("QuantizedLayer(16x64, bits=3, group_size=32, asym, method=gptq, output_error=")
     page = q._repr_html_()
-    assert "<table>" in page and "output_error" in page
+    assert "<table>" in page
+    assert "output_error" in page
 
 
 def test_logging_uses_astro_logger(caplog):

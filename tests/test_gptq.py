@@ -122,7 +122,8 @@ def test_rounding_is_half_to_even():
     # Values exactly halfway between two codes: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2.
     w = np.array([[0.0, 0.5, 1.5, 2.5, 7.0]], dtype=np.float32)
     codes, scales, zeros, q = _core.rtn(w, 3, -1, False, False)
-    assert scales[0, 0] == 1.0 and zeros[0, 0] == 0.0
+    assert scales[0, 0] == 1.0
+    assert zeros[0, 0] == 0.0
     np.testing.assert_array_equal(codes[0], [0, 0, 2, 2, 7])
 
 

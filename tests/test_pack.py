@@ -56,7 +56,8 @@ def test_layer_pack_unpack_round_trip(bits, fmt, act_order):
     tensors = q.pack(checkpoint_format=fmt)
     assert tensors["qweight"].shape == (64 * bits // 32, 48)
     assert tensors["qzeros"].shape == (4, -(-48 * bits // 32))
-    assert tensors["scales"].dtype == np.float16 and tensors["scales"].shape == (4, 48)
+    assert tensors["scales"].dtype == np.float16
+    assert tensors["scales"].shape == (4, 48)
     codes, scales, zeros, g_idx = astro.unpack_gptq(tensors, bits, 64, checkpoint_format=fmt)
     np.testing.assert_array_equal(codes, q.codes)
     np.testing.assert_array_equal(zeros, q.zeros)
