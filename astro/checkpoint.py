@@ -10,7 +10,10 @@ A checkpoint directory holds:
 - ``config.json``: the model configuration with a ``quantization_config``
   (``quant_method: "gptq"``, bits, group_size, desc_act, sym, static_groups,
   damp_percent, true_sequential, checkpoint_format ``"gptq"`` for format v1,
-  which stores ``zero - 1``), plus the Astro settings used.
+  which stores ``zero - 1``, or ``"gptq_v2"``, which stores the zero point
+  itself). The producer and the astro settings (method, beta, ...) go under
+  ``meta``, where GPTQ loaders expect them: gptqmodel 7.6 reads a top-level
+  ``method`` key as the name of the quantization method.
 - the tokenizer files, when a tokenizer is given.
 
 ``load_quantized`` rebuilds a torch model whose quantized layers are
@@ -30,7 +33,8 @@ import numpy as np
 
 logger = logging.getLogger("astro")
 
-__all__ = ["save_quantized", "load_quantized", "QuantLinear", "quantization_config"]
+__all__ = ["save_quantized", "load_quantized", "QuantLinear", "quantization_config",
+           "resolve_checkpoint_format"]
 
 _WEIGHTS_NAME = "model.safetensors"
 _PACKED_SUFFIXES = ("qweight", "qzeros", "scales", "g_idx")
@@ -100,9 +104,33 @@ class QuantLinear(_torch_module_base()):
                 f"bits={self.bits}, group_size={self.group_size}")
 
 
+def resolve_checkpoint_format(checkpoint_format: str, sym: bool) -> str:
+    """Return "v1" or "v2" for a ``checkpoint_format`` argument of "auto", "v1" or "v2".
+
+    "auto" picks v1 for symmetric quantization, whose zero points are never 0,
+    and v2 otherwise. Format v1 stores ``zero - 1``, so a zero point of 0 wraps
+    round, and gptqmodel 7.6 rejects asymmetric v1 checkpoints from other
+    producers. Every loader that reads v2 reads asymmetric checkpoints exactly.
+    """
+    if checkpoint_format == "auto":
+        return "v1" if sym else "v2"
+    if checkpoint_format not in ("v1", "v2"):
+        raise ValueError(
+            f"checkpoint_format={checkpoint_format!r} is invalid; use 'auto', 'v1' or 'v2'"
+        )
+    return checkpoint_format
+
+
 def quantization_config(config: dict) -> dict:
     """Return the ``quantization_config`` entry of config.json for pipeline settings."""
+    from . import __version__
+
     checkpoint_format = config.get("checkpoint_format", "v1")
+    meta = {"quantizer": [f"astro-ptq:{__version__}"],
+            "astro_method": config.get("method", "astro")}
+    for key in ("beta", "budget", "iterations"):
+        if config.get(key) is not None:
+            meta[f"astro_{key}"] = config[key]
     entry = {
         "quant_method": "gptq",
         "bits": config["bits"],
@@ -113,24 +141,25 @@ def quantization_config(config: dict) -> dict:
         "damp_percent": config.get("damp", 0.01),
         "true_sequential": bool(config.get("true_sequential", True)),
         "checkpoint_format": "gptq" if checkpoint_format == "v1" else "gptq_v2",
-        "quantizer": "astro-ptq",
-        "method": config.get("method", "astro"),
+        "meta": meta,
     }
-    for key in ("beta", "budget", "iterations"):
-        if config.get(key) is not None:
-            entry[key] = config[key]
     return entry
 
 
-def save_quantized(model, quantization, path, tokenizer=None, checkpoint_format="v1"):
+def save_quantized(model, quantization, path, tokenizer=None, checkpoint_format="auto"):
     """Write ``model`` quantized by ``quantize_model`` as a GPTQ checkpoint directory.
 
     ``quantization`` is the ``ModelQuantization`` that ``quantize_model``
-    returned for this model. Returns the directory path.
+    returned for this model. ``checkpoint_format`` is "v1", "v2" or "auto"
+    (v1 for symmetric, v2 for asymmetric quantization; see
+    ``resolve_checkpoint_format``). Pass "v1" for loaders that read only v1.
+    Returns the directory path.
     """
     import torch
     from safetensors.torch import save_file
 
+    checkpoint_format = resolve_checkpoint_format(
+        checkpoint_format, bool(quantization.config.get("sym", False)))
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {}

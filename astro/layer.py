@@ -90,8 +90,10 @@ class QuantizedLayer:
             )
         offset = 1 if checkpoint_format == "v1" else 0
         if offset and (self.zeros == 0).any():
-            # NOTE: v1 loaders add 1 to the stored value, so a zero point of 0
-            # comes back as 2^bits there; astro.unpack_gptq reads it exactly.
+            # NOTE: v1 stores zero - 1, so a zero point of 0 is stored as
+            # 2^bits - 1. astro.unpack_gptq reads it back exactly, but gptqmodel
+            # 7.6 adds 1 to whole packed words at 2, 4 and 8 bits, so the carry
+            # also corrupts the next output channel's zero point.
             logger.warning(
                 "%d zero point(s) are 0, which checkpoint format v1 cannot "
                 "represent for other loaders; prefer checkpoint_format='v2'",

@@ -262,7 +262,7 @@ def main():
     parser.add_argument("--group-size", type=int, default=128)
     parser.add_argument("--methods", nargs="+", default=["gptq"],
                         help="astro.quantize_model methods to check")
-    parser.add_argument("--checkpoint-formats", nargs="+", default=["v1", "v2"], choices=["v1", "v2"],
+    parser.add_argument("--checkpoint-formats", nargs="+", default=["auto", "v1", "v2"], choices=["auto", "v1", "v2"],
                         help="GPTQ checkpoint formats to write: v1 stores zero - 1, v2 stores zero")
     parser.add_argument("--sym", choices=["both", "true", "false"], default="both")
     parser.add_argument("--act-order", choices=["both", "true", "false"], default="both")

@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
+import astro  # noqa: E402
 from astro.checkpoint import QuantLinear, load_quantized, save_quantized  # noqa: E402
 from astro.pipeline import quantize_model  # noqa: E402
 from test_pipeline import calibration_ids, tiny_llama  # noqa: E402
@@ -91,8 +92,12 @@ def test_checkpoint_files_and_config(tmp_path):
     assert qconfig["sym"] is True and qconfig["desc_act"] is False
     assert qconfig["damp_percent"] == 0.02
     assert qconfig["true_sequential"] is True
-    assert qconfig["checkpoint_format"] == "gptq"
-    assert qconfig["method"] == "gptq"
+    assert qconfig["checkpoint_format"] == "gptq"  # "auto" gives v1 for sym=True
+    # gptqmodel reads a top-level "method" key as the quantization method, so
+    # astro's own settings must stay under "meta".
+    assert "method" not in qconfig
+    assert qconfig["meta"]["astro_method"] == "gptq"
+    assert qconfig["meta"]["quantizer"] == [f"astro-ptq:{astro.__version__}"]
     assert config["architectures"] == ["LlamaForCausalLM"]
 
     from safetensors.numpy import load_file
@@ -135,3 +140,33 @@ def test_load_rejects_plain_model_dir(tmp_path):
 def test_load_missing_dir_raises(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_quantized(tmp_path / "absent")
+
+
+@pytest.mark.parametrize("sym, requested, expected", [
+    (True, "auto", "gptq"),
+    (False, "auto", "gptq_v2"),
+    (False, "v1", "gptq"),
+    (True, "v2", "gptq_v2"),
+])
+def test_checkpoint_format_choice(tmp_path, sym, requested, expected):
+    model = tiny_llama(seed=14, layers=1)
+    ids = calibration_ids()
+    result = quantize_model(model, ids, bits=4, group_size=32, method="astro", sym=sym,
+                            beta=3e-4, progress=False)
+    save_quantized(model, result, tmp_path, checkpoint_format=requested)
+    qconfig = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert qconfig["checkpoint_format"] == expected
+    assert qconfig["meta"]["astro_method"] == "astro"
+    assert qconfig["meta"]["astro_beta"] == 3e-4
+    fp16_scale_weights(model, result)
+    loaded = load_quantized(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_checkpoint_format_invalid(tmp_path):
+    model = tiny_llama(seed=15, layers=1)
+    result = quantize_model(model, calibration_ids(), bits=4, group_size=32, method="rtn",
+                            progress=False)
+    with pytest.raises(ValueError, match="'auto', 'v1' or 'v2'"):
+        save_quantized(model, result, tmp_path, checkpoint_format="v3")
