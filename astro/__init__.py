@@ -81,6 +81,8 @@ _LAZY = {
     "QuantLinear": "checkpoint",
     "load_model": "models",
     "perplexity": "evaluate",
+    "select_beta": "tuning",
+    "BetaSelection": "tuning",
     "fetch_assets": "assets",
     "minilm_dir": "assets",
 }

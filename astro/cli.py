@@ -75,13 +75,37 @@ def _documents(text_arg, split, seed, eval_fraction):
     return calibration if split == "calibration" else evaluation
 
 
-def _calibration_windows(tokenizer, args):
-    from .data import calibration_windows, tokenize_documents
+def _calibration_windows(tokenizer, args, validation_fraction=None):
+    """Return calibration windows, and validation tokens when ``validation_fraction`` is set.
+
+    The validation documents are a seeded share of the calibration documents
+    (never of the held-out evaluation documents), and the windows come from
+    the rest.
+    """
+    from .data import calibration_windows, split_documents, tokenize_documents
 
     split = "all" if args.calibration_split == "all" else "calibration"
     docs = _documents(args.calibration, split, args.split_seed, args.eval_fraction)
+    validation_ids = None
+    if validation_fraction is not None:
+        docs, validation_docs = split_documents(docs, eval_fraction=validation_fraction,
+                                                seed=args.split_seed + 1)
+        validation_ids = tokenize_documents(tokenizer, validation_docs)
     ids = tokenize_documents(tokenizer, docs)
-    return calibration_windows(ids, args.num_windows, args.seqlen, seed=args.seed)
+    windows = calibration_windows(ids, args.num_windows, args.seqlen, seed=args.seed)
+    if validation_fraction is None:
+        return windows
+    return windows, validation_ids
+
+
+def _parse_beta(text):
+    """Parse ``--beta``: a positive number, or ``auto`` for the validation search."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
 def _eval_tokens(tokenizer, args):
@@ -93,10 +117,11 @@ def _eval_tokens(tokenizer, args):
 
 
 def _quantize_options(args) -> dict:
+    beta = None if args.beta == "auto" else args.beta
     return dict(
         bits=args.bits, group_size=args.group_size, method=getattr(args, "method", "astro"),
         sym=args.sym,
-        act_order=args.act_order, damp=args.damp, beta=args.beta, budget=args.budget,
+        act_order=args.act_order, damp=args.damp, beta=beta, budget=args.budget,
         iterations=args.iterations, batch_size=args.batch_size,
     )
 
@@ -114,19 +139,44 @@ def cmd_fetch(args) -> int:
     return 0
 
 
+def _quantize_with_beta_search(model, tokenizer, args):
+    """Run ``astro.tuning.select_beta`` for ``--beta auto`` and print its runs."""
+    from .tuning import select_beta
+
+    if args.method not in ("astro", "astro+rtn"):
+        raise ValueError(f"--beta auto applies to --method astro or astro+rtn, not {args.method}")
+    if args.budget is not None:
+        raise ValueError("--beta auto and --budget exclude each other: pass only one")
+    windows, validation_ids = _calibration_windows(tokenizer, args, args.validation_fraction)
+    options = _quantize_options(args)
+    del options["beta"], options["budget"]
+    selection = select_beta(model, windows, validation_ids, seqlen=args.eval_seqlen,
+                            max_windows=args.validation_windows, max_runs=args.beta_runs,
+                            progress=not args.quiet, **options)
+    for run in selection.runs:
+        print(f"beta {run['beta']:.3g}: validation perplexity {run['validation_ppl']:.4f} "
+              f"(quantize {run['quantize_seconds']:.1f} s)")
+    print(f"chose beta {selection.beta:.3g} in {selection.seconds:.1f} s")
+    return selection.quantization
+
+
 def cmd_quantize(args) -> int:
     from .checkpoint import save_quantized
     from .evaluate import perplexity
     from .pipeline import quantize_model
 
     model, tokenizer = _load(args.model)
-    windows = _calibration_windows(tokenizer, args)
-    result = quantize_model(model, windows, progress=not args.quiet, **_quantize_options(args))
+    if args.beta == "auto":
+        result = _quantize_with_beta_search(model, tokenizer, args)
+    else:
+        windows = _calibration_windows(tokenizer, args)
+        result = quantize_model(model, windows, progress=not args.quiet, **_quantize_options(args))
     print(f"quantized {len(result.layers)} layers with {args.method} W{args.bits} "
           f"g{args.group_size} in {result.seconds:.1f} s "
           f"({result.calibration_tokens} calibration tokens)")
     if args.output:
-        save_quantized(model, result, args.output, tokenizer=tokenizer)
+        save_quantized(model, result, args.output, tokenizer=tokenizer,
+                       checkpoint_format=args.checkpoint_format)
         print(f"saved checkpoint to {args.output}")
     if args.eval:
         ppl = perplexity(model, _eval_tokens(tokenizer, args), seqlen=args.eval_seqlen,
@@ -151,6 +201,9 @@ def cmd_demo(args) -> int:
     from .evaluate import perplexity
     from .pipeline import quantize_model
 
+    if args.beta == "auto":
+        raise ValueError("--beta auto runs several quantizations and is only available in "
+                         "'astro quantize'; pass a number to 'astro demo'")
     start = time.perf_counter()
     if args.model is None:
         fetch_assets()
@@ -213,8 +266,9 @@ def _add_common(p, calibration=False, evaluation=False):
         p.add_argument("--sym", action="store_true", help="symmetric quantization")
         p.add_argument("--act-order", action="store_true", help="GPTQ act-order (desc_act)")
         p.add_argument("--damp", type=float, default=0.01, help="GPTQ damping, a fraction of mean(diag H)")
-        p.add_argument("--beta", type=float, help="Astro regularization strength "
-                       "(default: astro.regularize's default)")
+        p.add_argument("--beta", type=_parse_beta, help="Astro regularization strength, or "
+                       "'auto' to choose it by validation perplexity on a share of the "
+                       "calibration documents (default: astro.regularize's default, 1e-4)")
         p.add_argument("--budget", type=float, help="Astro relative output-distortion budget "
                        "(replaces --beta)")
         p.add_argument("--iterations", type=int, help="Astro solver iteration limit")
@@ -250,7 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window (default 2048)")
     p.add_argument("--method", default="astro", choices=("astro", "gptq", "rtn", "astro+rtn"),
                    help="astro (Astro then GPTQ, default), gptq, rtn or astro+rtn")
+    p.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="with --beta auto: share of the calibration documents kept for "
+                        "validation (default 0.1)")
+    p.add_argument("--validation-windows", type=int, default=4,
+                   help="with --beta auto: validation windows of --eval-seqlen tokens per "
+                        "candidate (default 4)")
+    p.add_argument("--beta-runs", type=int, default=5,
+                   help="with --beta auto: maximum number of quantization runs in the search (default 5)")
     p.add_argument("--output", help="checkpoint directory to write")
+    p.add_argument("--checkpoint-format", choices=("auto", "v1", "v2"), default="auto",
+                   help="GPTQ zero-point format: v1 stores zero - 1, v2 the zero point; "
+                        "auto (default) is v1 with --sym and v2 without")
     p.add_argument("--eval", action="store_true", help="also report held-out perplexity")
     p.set_defaults(func=cmd_quantize)
 
