@@ -27,6 +27,10 @@ weights have a standard deviation of 0.04 to 0.09. 1e-4 sits a factor 10
 below the first failures, and within a factor 3 of the 3e-5 to 5e-5 reported
 as best for LLaMA-2-7B at W3 g128 (under the same normalization; not
 reproduced here).
+On the whole SmolLM2-135M model, a search on validation articles
+(``astro.select_beta``) chose 3.16e-4 over 1e-4 at W4 g128, W3 g128 and W2
+g64, for both GPTQ and RTN after Astro (benchmarks/RESULTS.md), so 1e-4 is a
+conservative default and ``select_beta`` tunes it per model.
 Solving further helps at that beta: with 200 FISTA steps the W3 g128 ratio
 is 0.835 (W2 g64: 0.800), with 100 it is 0.850, against 0.941 for the
 paper's 200 plain steps, whose objective FISTA reaches in about 36 steps.
