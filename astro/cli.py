@@ -121,7 +121,8 @@ def _quantize_options(args) -> dict:
     return dict(
         bits=args.bits, group_size=args.group_size, method=getattr(args, "method", "astro"),
         sym=args.sym,
-        act_order=args.act_order, damp=args.damp, beta=beta, budget=args.budget,
+        act_order=args.act_order, static_groups=args.static_groups, damp=args.damp,
+        beta=beta, budget=args.budget,
         iterations=args.iterations, batch_size=args.batch_size,
     )
 
@@ -265,6 +266,9 @@ def _add_common(p, calibration=False, evaluation=False):
                        help="input columns per scale/zero group; -1 for one group per row")
         p.add_argument("--sym", action="store_true", help="symmetric quantization")
         p.add_argument("--act-order", action="store_true", help="GPTQ act-order (desc_act)")
+        p.add_argument("--static-groups", action="store_true",
+                       help="take every group's scale and zero point from the original weights "
+                            "before the GPTQ sweep")
         p.add_argument("--damp", type=float, default=0.01, help="GPTQ damping, a fraction of mean(diag H)")
         p.add_argument("--beta", type=_parse_beta, help="Astro regularization strength, or "
                        "'auto' to choose it by validation perplexity on a share of the "

@@ -1,9 +1,9 @@
 """Setup shared by the model-level benchmarks: the default model and the text split.
 
-The documents of wiki.utf8 are split three ways with fixed seeds: 25 % test
-articles (scored for the tables), and of the rest a ``validation_fraction``
-share of validation articles (used only to choose beta) and the remaining fit
-articles, from which the calibration windows are drawn. Every benchmark that
+The documents of wiki.utf8 are split three ways with fixed seeds. 25 % are
+test articles, scored for the tables. Of the rest, a ``validation_fraction``
+share are validation articles, used only to choose beta, and the remaining fit
+articles supply the calibration windows. Every benchmark that
 uses this module therefore calibrates on the same windows.
 """
 import dataclasses

@@ -362,3 +362,22 @@ def test_cli_missing_model_reports_error(tmp_path, capsys):
 
     assert main(["eval", "--model", str(tmp_path / "absent"), "-q"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_gptq_options_reach_checkpoint(tiny_model_dir, tmp_path):
+    import json
+
+    from astro.cli import main
+
+    model_dir, text = tiny_model_dir
+    output = tmp_path / "quantized"
+    status = main(["quantize", "--model", str(model_dir), "--calibration", str(text),
+                   "--method", "gptq", "--bits", "3", "--group-size", "16", "--act-order",
+                   "--static-groups", "--sym", "--num-windows", "2", "--seqlen", "16",
+                   "--output", str(output), "-q"])
+    assert status == 0
+    qconfig = json.loads((output / "config.json").read_text())["quantization_config"]
+    assert qconfig["desc_act"] is True
+    assert qconfig["static_groups"] is True
+    assert qconfig["sym"] is True
+    assert qconfig["checkpoint_format"] == "gptq"
