@@ -76,7 +76,7 @@ def _documents(text_arg, split, seed, eval_fraction):
 
 
 def _calibration_windows(tokenizer, args, validation_fraction=None):
-    """Return calibration windows, and validation tokens when ``validation_fraction`` is set.
+    """Return ``(windows, validation_ids)``; ``validation_ids`` is None without a fraction.
 
     The validation documents are a seeded share of the calibration documents
     (never of the held-out evaluation documents), and the windows come from
@@ -93,8 +93,6 @@ def _calibration_windows(tokenizer, args, validation_fraction=None):
         validation_ids = tokenize_documents(tokenizer, validation_docs)
     ids = tokenize_documents(tokenizer, docs)
     windows = calibration_windows(ids, args.num_windows, args.seqlen, seed=args.seed)
-    if validation_fraction is None:
-        return windows
     return windows, validation_ids
 
 
@@ -148,6 +146,8 @@ def _quantize_with_beta_search(model, tokenizer, args):
         raise ValueError(f"--beta auto applies to --method astro or astro+rtn, not {args.method}")
     if args.budget is not None:
         raise ValueError("--beta auto and --budget exclude each other: pass only one")
+    if not 0.0 < args.validation_fraction < 1.0:
+        raise ValueError(f"--validation-fraction must be in (0, 1), got {args.validation_fraction}")
     windows, validation_ids = _calibration_windows(tokenizer, args, args.validation_fraction)
     options = _quantize_options(args)
     del options["beta"], options["budget"]
@@ -170,7 +170,7 @@ def cmd_quantize(args) -> int:
     if args.beta == "auto":
         result = _quantize_with_beta_search(model, tokenizer, args)
     else:
-        windows = _calibration_windows(tokenizer, args)
+        windows, _ = _calibration_windows(tokenizer, args)
         result = quantize_model(model, windows, progress=not args.quiet, **_quantize_options(args))
     print(f"quantized {len(result.layers)} layers with {args.method} W{args.bits} "
           f"g{args.group_size} in {result.seconds:.1f} s "
@@ -210,7 +210,7 @@ def cmd_demo(args) -> int:
         fetch_assets()
     model, tokenizer = _load(args.model)
     float_state = {k: v.clone() for k, v in model.state_dict().items()}
-    windows = _calibration_windows(tokenizer, args)
+    windows, _ = _calibration_windows(tokenizer, args)
     eval_ids = _eval_tokens(tokenizer, args)
     print(f"calibration: {windows.shape[0]} windows of {windows.shape[1]} tokens; "
           f"evaluation: {min(args.max_windows, eval_ids.numel() // args.eval_seqlen)} "

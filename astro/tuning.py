@@ -101,9 +101,10 @@ def select_beta(
     began = time.perf_counter()
     weights = _linear_weights(model)
     float_weights = {name: w.detach().clone() for name, w in weights.items()}
-    scores = {}  # grid step k -> validation perplexity
+    # Grid step k -> validation perplexity, with NaN or Inf ranked last as inf.
+    scores = {}
     runs = []
-    best = {"step": None, "ppl": math.inf, "weights": None, "quantization": None}
+    best = {"step": None, "weights": None, "quantization": None}
 
     def score(step: int) -> float:
         if step in scores:
@@ -112,29 +113,22 @@ def select_beta(
         _copy_weights(float_weights, weights)
         quantization = quantize_model(model, calibration, method=method, beta=beta, **options)
         result = perplexity(model, validation_ids, seqlen, max_windows=max_windows)
-        scores[step] = result["ppl"]
         runs.append({"beta": beta, "validation_ppl": result["ppl"],
                      "quantize_seconds": quantization.seconds, "eval_seconds": result["seconds"]})
         logger.info("beta %.3g: validation perplexity %.4f (quantize %.1f s)",
                     beta, result["ppl"], quantization.seconds)
-        # A NaN or Inf perplexity ranks last, but the first run always sets a
-        # best so that the model ends with some quantized weights.
-        ranked = result["ppl"] if math.isfinite(result["ppl"]) else math.inf
-        if best["step"] is None or ranked < best["ppl"]:
-            best.update(step=step, ppl=ranked, quantization=quantization,
+        scores[step] = result["ppl"] if math.isfinite(result["ppl"]) else math.inf
+        # The first run always sets a best, so the model ends with quantized weights.
+        if best["step"] is None or scores[step] < scores[best["step"]]:
+            best.update(step=step, quantization=quantization,
                         weights={name: w.detach().clone() for name, w in weights.items()})
         return scores[step]
 
-    def rank(step: int) -> float:
-        # NaN or Inf perplexity ranks last.
-        value = score(step)
-        return value if math.isfinite(value) else math.inf
-
-    center, lower, upper = rank(0), rank(-1), rank(1)
+    center, lower, upper = score(0), score(-1), score(1)
     if min(lower, upper) < center:
         direction = -1 if lower < upper else 1
         step = direction
-        while len(runs) < max_runs and rank(step + direction) < rank(step):
+        while len(runs) < max_runs and score(step + direction) < score(step):
             step += direction
 
     _copy_weights(best["weights"], weights)

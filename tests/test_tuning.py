@@ -163,6 +163,8 @@ def test_cli_beta_auto(tiny_model_dir, capsys):
     (["quantize", "--method", "gptq", "--beta", "auto"], "--beta auto applies"),
     (["quantize", "--method", "astro", "--beta", "auto", "--budget", "0.1"], "exclude"),
     (["demo", "--beta", "auto"], "only available"),
+    (["quantize", "--method", "astro", "--beta", "auto", "--validation-fraction", "1.5"],
+     "--validation-fraction must be in"),
 ])
 def test_cli_beta_auto_rejected(tiny_model_dir, capsys, argv, message):
     from astro.cli import main
